@@ -1,0 +1,321 @@
+"""What every meta-learning algorithm shares: parameters, adaptation, batching over tasks.
+
+An algorithm answers one question: given meta-parameters and a batch of tasks, what is the
+meta-gradient ``g`` (so that the outer step is ``params <- outer_optimizer(params, g)``)?
+Subclasses define the gradient of one task as a pure ``torch.func`` function; this class
+runs it over the tasks of a batch, either one task at a time or vectorised with
+``torch.func.vmap``, and sums the results in task order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from distmeta.algorithms.gradient import ACCUMULATOR_DTYPE, GradientSum
+from distmeta.algorithms.inner import InnerRule, Params
+from distmeta.errors import TaskFailedError
+from distmeta.tasks.batch import TaskBatch
+
+__all__ = ["Execution", "MetaAlgorithm", "choose_execution"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Execution = Literal["auto", "loop", "vmap"]
+
+
+def choose_execution(model: nn.Module, device: torch.device) -> Literal["loop", "vmap"]:
+    """How to run the tasks of a batch, by measurement (see BENCHMARKS.md).
+
+    On CUDA, one vectorised call keeps the device busy. On a CPU, vectorising pays for
+    small dense models, whose per-task operations are too small to amortise Python and
+    dispatch overhead, but convolutions under ``vmap`` become grouped convolutions that run
+    at half the speed with several times the memory: convolutional models loop over tasks.
+    """
+    if device.type == "cuda":
+        return "vmap"
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return "loop" if has_conv else "vmap"
+
+
+def _detached(params: Params) -> Params:
+    return {name: p.detach() for name, p in params.items()}
+
+
+class MetaAlgorithm(ABC):
+    """Base class: a model, a task loss, an inner update rule and a number of inner steps.
+
+    Args:
+        model: The network; its parameters are the template of the meta-parameters and it is
+            only ever called functionally (``torch.func.functional_call``).
+        loss_fn: Loss of predictions against targets, e.g. ``F.mse_loss``, ``F.cross_entropy``.
+        inner_rule: How fast weights are updated in the inner loop.
+        inner_steps: Inner-loop steps per task in meta-training and in :meth:`adapt`.
+        execution: ``"loop"`` (one task at a time), ``"vmap"`` (all tasks in one vectorised
+            call) or ``"auto"`` (:func:`choose_execution`). Both are exact; they differ in speed
+            and memory.
+        vmap_chunk_size: Tasks per vectorised call when vectorising (``None``: all at once).
+        compile: Compile the vectorised batch with ``torch.compile``. It costs tens of seconds
+            once per process and pays back on long runs of small models (sinusoid MAML steps run
+            about 8x faster, see BENCHMARKS.md); results then agree with eager execution to
+            float rounding, not bit for bit.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        inner_rule: InnerRule,
+        inner_steps: int = 1,
+        execution: Execution = "auto",
+        vmap_chunk_size: int | None = None,
+        compile: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+            raise ValueError(f"inner_steps must be a positive integer, got {inner_steps!r}")
+        if execution not in ("auto", "loop", "vmap"):
+            raise ValueError(f"execution must be 'auto', 'loop' or 'vmap', got {execution!r}")
+        if vmap_chunk_size is not None and vmap_chunk_size < 1:
+            raise ValueError(f"vmap_chunk_size must be positive, got {vmap_chunk_size}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.inner_rule = inner_rule
+        self.inner_steps = inner_steps
+        self.execution = execution
+        self.vmap_chunk_size = vmap_chunk_size
+        self.compile = bool(compile)
+        self._batched_sum_fn = torch.compile(self._batched_sum) if compile else self._batched_sum
+        self.model_param_names = tuple(name for name, _ in model.named_parameters())
+        self.param_names = tuple(self.init_params())
+
+    # --- parameters -------------------------------------------------------------------------
+
+    def init_params(self) -> Params:
+        """All meta-parameters: the model's initial weights (under their ``named_parameters``
+        names) and the inner rule's own, as fresh tensors."""
+        model_params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        return {**model_params, **self.inner_rule.meta_params(model_params)}
+
+    def model_params(self, params: Params) -> Params:
+        """The model's part of the meta-parameters."""
+        return {name: params[name] for name in self.model_param_names}
+
+    def _check_params(self, params: Params) -> None:
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict of tensors, got {type(params).__name__}")
+        if params.keys() != set(self.param_names):
+            missing = sorted(set(self.param_names) - params.keys())
+            extra = sorted(params.keys() - set(self.param_names))
+            raise ValueError(f"params do not match the algorithm: missing {missing}, extra {extra}")
+
+    # --- one task, pure functions (vmap-compatible) -------------------------------------------
+
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The model's output with the given (fast) weights."""
+        return functional_call(self.model, params, (x,))
+
+    def _loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.forward(fast, x), y)
+
+    def _inner_loop(self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int) -> Params:
+        """Fast weights after ``steps`` inner steps; differentiable through ``meta`` when called
+        under a ``torch.func.grad`` transform of ``meta``."""
+        fast = self.model_params(meta)
+        state = self.inner_rule.init(meta, fast)
+        for _ in range(steps):
+            grads = grad(self._loss)(fast, sx, sy)
+            fast, state = self.inner_rule.step(meta, fast, grads, state)
+        return fast
+
+    def _query_stats(
+        self, output: torch.Tensor, qy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query loss (differentiable) and the detached metrics ``[loss(, accuracy)]``."""
+        loss = self.loss_fn(output, qy)
+        stats = [loss.detach()]
+        if not qy.is_floating_point():
+            stats.append((output.detach().argmax(dim=-1) == qy).to(loss.dtype).mean())
+        return loss, torch.stack(stats)
+
+    def _query_objective(self, fast: Params, qx: torch.Tensor, qy: torch.Tensor):
+        return self._query_stats(self.forward(fast, qx), qy)
+
+    @abstractmethod
+    def _task_gradient(
+        self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+    ) -> tuple[Params, torch.Tensor]:
+        """One task's meta-gradient (keys of ``meta``) and its metrics vector."""
+
+    def _task_curve(
+        self,
+        meta: Params,
+        sx: torch.Tensor,
+        sy: torch.Tensor,
+        qx: torch.Tensor,
+        qy: torch.Tensor,
+        steps: int,
+    ) -> torch.Tensor:
+        """Metrics on the query set after 0, 1, ..., ``steps`` inner steps: ``[steps + 1, m]``."""
+        fast = self.model_params(meta)
+        state = self.inner_rule.init(meta, fast)
+        curve = [self._query_objective(fast, qx, qy)[1]]
+        for _ in range(steps):
+            grads = grad(self._loss)(fast, sx, sy)
+            fast, state = self.inner_rule.step(meta, fast, grads, state)
+            curve.append(self._query_objective(fast, qx, qy)[1])
+        return torch.stack(curve)
+
+    # --- public API -------------------------------------------------------------------------
+
+    def stat_names(self, batch: TaskBatch) -> tuple[str, ...]:
+        """Names of the metrics reported for tasks like those of ``batch``."""
+        return ("loss",) if batch.query_y.is_floating_point() else ("loss", "accuracy")
+
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int | None = None,
+    ) -> Params:
+        """The model's weights for one task after the algorithm's own inner loop.
+
+        Args:
+            params: Meta-parameters (as from :meth:`init_params`).
+            support_x: ``[n, *input_shape]`` support inputs of one task (unbatched).
+            support_y: ``[n, *target_shape]`` support targets.
+            steps: Inner steps; defaults to ``inner_steps``.
+
+        Returns:
+            The model's parameters (``model.named_parameters`` names), detached.
+        """
+        self._check_params(params)
+        steps = self.inner_steps if steps is None else steps
+        if steps < 0:
+            raise ValueError(f"steps must be non-negative, got {steps}")
+        return _detached(self._inner_loop(_detached(params), support_x, support_y, steps))
+
+    def meta_gradient(self, params: Params, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
+        """The meta-gradient averaged over the tasks of ``batch``, and mean metrics.
+
+        Returns:
+            ``(g, metrics)``: ``g`` has the keys, shapes and dtypes of ``params``; metrics hold
+            the mean post-adaptation query ``loss`` (and ``accuracy`` for classification).
+        """
+        total = self.meta_gradient_sum(params, batch)
+        dtype = next(iter(params.values())).dtype
+        return total.mean(dtype), total.mean_stats()
+
+    def meta_gradient_sum(self, params: Params, batch: TaskBatch) -> GradientSum:
+        """The per-task meta-gradients of ``batch`` summed in task order (engines add these
+        sums across workers). Raises :class:`TaskFailedError` naming a task whose loss or
+        gradient is not finite, or whose computation raised."""
+        self._check_params(params)
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+        meta = _detached(params)
+        device = next(iter(meta.values())).device
+        total = {name: torch.zeros_like(p, dtype=ACCUMULATOR_DTYPE) for name, p in meta.items()}
+        try:
+            if self._resolved_execution(device) == "vmap":
+                stats = self._vmapped_sum(meta, batch, total)
+            else:
+                stats = self._looped_sum(meta, batch, total)
+        except TaskFailedError:
+            raise
+        except Exception:
+            self._diagnose(meta, batch)
+            raise
+        finite = torch.stack(
+            [stats.isfinite().all()] + [g.isfinite().all() for g in total.values()]
+        )
+        if not bool(finite.all()):
+            self._diagnose(meta, batch)
+        sums = stats.sum(dim=0, dtype=ACCUMULATOR_DTYPE).tolist()
+        return GradientSum(total, len(batch), dict(zip(self.stat_names(batch), sums, strict=True)))
+
+    def adaptation_curve(self, params: Params, batch: TaskBatch, steps: int) -> torch.Tensor:
+        """Query metrics of every task after 0..``steps`` inner steps: ``[tasks, steps+1, m]``
+        (metric order as in :meth:`stat_names`)."""
+        self._check_params(params)
+        if steps < 0:
+            raise ValueError(f"steps must be non-negative, got {steps}")
+        meta = _detached(params)
+        device = next(iter(meta.values())).device
+
+        def curve(meta, sx, sy, qx, qy):
+            return self._task_curve(meta, sx, sy, qx, qy, steps)
+
+        if self._resolved_execution(device) == "vmap":
+            return vmap(curve, in_dims=(None, 0, 0, 0, 0), chunk_size=self.vmap_chunk_size)(
+                meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y
+            )
+        return torch.stack([curve(meta, *batch.task(i)) for i in range(len(batch))])
+
+    # --- batching over tasks ---------------------------------------------------------------
+
+    def _resolved_execution(self, device: torch.device) -> Literal["loop", "vmap"]:
+        if self.execution == "auto":
+            return choose_execution(self.model, device)
+        return self.execution
+
+    def _batched_sum(
+        self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+    ) -> tuple[Params, torch.Tensor]:
+        """All tasks' gradients in one vectorised call, summed over tasks in the accumulator
+        dtype, and the stacked per-task metrics."""
+        batched = vmap(
+            self._task_gradient, in_dims=(None, 0, 0, 0, 0), chunk_size=self.vmap_chunk_size
+        )
+        grads, stats = batched(meta, sx, sy, qx, qy)
+        return {name: g.sum(dim=0, dtype=ACCUMULATOR_DTYPE) for name, g in grads.items()}, stats
+
+    def _vmapped_sum(self, meta: Params, batch: TaskBatch, total: Params) -> torch.Tensor:
+        """Add the batch's gradient sum into ``total``; return stacked per-task metrics."""
+        sums, stats = self._batched_sum_fn(
+            meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y
+        )
+        for name in total:
+            total[name] += sums[name]
+        return stats
+
+    def _looped_sum(self, meta: Params, batch: TaskBatch, total: Params) -> torch.Tensor:
+        """Like :meth:`_vmapped_sum`, one task at a time (memory of one task's graph)."""
+        stats = []
+        for index in range(len(batch)):
+            grads, task_stats = self._one_task(meta, batch, index)
+            for name in total:
+                total[name] += grads[name]
+            stats.append(task_stats)
+        return torch.stack(stats)
+
+    def _one_task(self, meta: Params, batch: TaskBatch, index: int) -> tuple[Params, torch.Tensor]:
+        try:
+            return self._task_gradient(meta, *batch.task(index))
+        except Exception as error:
+            raise self._failure(batch, index, f"{type(error).__name__}: {error}") from error
+
+    def _diagnose(self, meta: Params, batch: TaskBatch) -> None:
+        """Find the first task whose computation raises or is not finite, and raise for it."""
+        for index in range(len(batch)):
+            grads, stats = self._one_task(meta, batch, index)
+            if not bool(stats.isfinite().all()):
+                raise self._failure(batch, index, "the query loss is not finite")
+            if not all(bool(g.isfinite().all()) for g in grads.values()):
+                bad = sorted(name for name, g in grads.items() if not bool(g.isfinite().all()))
+                raise self._failure(batch, index, f"the meta-gradient is not finite in {bad}")
+
+    @staticmethod
+    def _failure(batch: TaskBatch, index: int, reason: str) -> TaskFailedError:
+        task_id = batch.task_id(index)
+        if task_id is None:
+            reason = f"{reason} (task {index} of the batch)"
+        return TaskFailedError(task_id, reason)

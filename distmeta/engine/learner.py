@@ -1,0 +1,106 @@
+"""The learner: meta-parameters in one flat buffer, the outer optimizer and a version number.
+
+Every engine applies meta-gradients through this class (the Ray parameter-server actor wraps
+it), so the outer step is the same code whether one process or a cluster computed ``g``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from distmeta.engine.layout import ParamLayout
+
+__all__ = ["Learner", "StaleResult"]
+
+
+@dataclass(frozen=True)
+class StaleResult:
+    """What the learner did with an asynchronous result."""
+
+    accepted: bool
+    staleness: int
+    """Versions applied since the result's parameters were read."""
+
+
+class Learner:
+    """Holds ``theta`` (flat), the outer optimizer's state and the version (updates applied).
+
+    Args:
+        layout: Names and shapes of the meta-parameters inside the flat buffer.
+        initial: Flat initial meta-parameters; the learner keeps its own copy.
+        optimizer: ``"adam"`` or ``"sgd"``.
+        lr: Outer learning rate.
+    """
+
+    def __init__(self, layout: ParamLayout, initial: torch.Tensor, optimizer: str, lr: float):
+        if initial.dim() != 1 or initial.numel() != layout.numel:
+            raise ValueError(f"initial parameters must be a flat vector of {layout.numel} values")
+        self.layout = layout
+        self.theta = initial.detach().clone()
+        if optimizer == "adam":
+            self.optimizer = torch.optim.Adam([self.theta], lr=lr)
+        elif optimizer == "sgd":
+            self.optimizer = torch.optim.SGD([self.theta], lr=lr)
+        else:
+            raise ValueError(f"outer optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        self.version = 0
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Named views of the current meta-parameters (read them, do not write them)."""
+        return self.layout.unflatten(self.theta)
+
+    def apply(self, mean_gradient: torch.Tensor, scale: float = 1.0) -> int:
+        """One outer step with the flat mean meta-gradient; returns the new version."""
+        if mean_gradient.shape != self.theta.shape:
+            raise ValueError(
+                f"gradient has shape {tuple(mean_gradient.shape)}, "
+                f"expected {tuple(self.theta.shape)}"
+            )
+        gradient = mean_gradient.to(device=self.theta.device, dtype=self.theta.dtype)
+        self.theta.grad = gradient if scale == 1.0 else gradient * scale
+        self.optimizer.step()
+        self.theta.grad = None
+        self.version += 1
+        return self.version
+
+    def apply_stale(
+        self, mean_gradient: torch.Tensor, read_version: int, max_staleness: int
+    ) -> StaleResult:
+        """Apply a result computed on the parameters of ``read_version``, asynchronously.
+
+        A result more than ``max_staleness`` versions old is rejected (not applied); an
+        accepted one is scaled by ``1 / (1 + staleness)``, the usual damping of stale
+        gradients (Zhang et al., 2016, "Staleness-aware async-SGD").
+        """
+        staleness = self.version - read_version
+        if staleness < 0:
+            raise ValueError(f"result claims version {read_version}, learner is at {self.version}")
+        if staleness > max_staleness:
+            return StaleResult(False, staleness)
+        self.apply(mean_gradient, scale=1.0 / (1 + staleness))
+        return StaleResult(True, staleness)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "theta": self.theta.detach().cpu().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "version": self.version,
+            "layout": {
+                "names": list(self.layout.names),
+                "shapes": [list(s) for s in self.layout.shapes],
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        layout = ParamLayout(
+            tuple(state["layout"]["names"]), tuple(tuple(s) for s in state["layout"]["shapes"])
+        )
+        if layout != self.layout:
+            raise ValueError("checkpoint parameters do not match this experiment's model")
+        with torch.no_grad():
+            self.theta.copy_(state["theta"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = int(state["version"])

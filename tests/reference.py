@@ -1,0 +1,94 @@
+"""Independent reference meta-gradients: plain autograd, one task at a time, hand-written
+forward passes (no torch.func, no distmeta code), for the tests to compare against."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mlp_forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """A ReLU MLP from ``net.<i>.weight`` / ``net.<i>.bias`` entries, in layer order."""
+    layers = sorted({int(name.split(".")[1]) for name in params if name.startswith("net.")})
+    for position, index in enumerate(layers):
+        x = x @ params[f"net.{index}.weight"].T + params[f"net.{index}.bias"]
+        if position < len(layers) - 1:
+            x = torch.relu(x)
+    return x
+
+
+def conv4_forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Conv4 with native batch norm on the current batch's statistics."""
+    for block in range(4):
+        conv, norm = f"features.{4 * block}", f"features.{4 * block + 1}"
+        x = F.conv2d(x, params[f"{conv}.weight"], params[f"{conv}.bias"], padding=1)
+        x = F.batch_norm(
+            x, None, None, params[f"{norm}.weight"], params[f"{norm}.bias"], training=True
+        )
+        x = F.max_pool2d(torch.relu(x), 2)
+    return x.flatten(1) @ params["head.weight"].T + params["head.bias"]
+
+
+def unrolled_adapt(forward, loss_fn, params, sx, sy, steps, lrs, create_graph):
+    """``steps`` gradient steps; ``lrs`` maps a name to a float or a tensor of rates."""
+    fast = dict(params)
+    for _ in range(steps):
+        loss = loss_fn(forward(fast, sx), sy)
+        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)
+        fast = {name: p - lrs[name] * g for (name, p), g in zip(fast.items(), grads, strict=True)}
+    return fast
+
+
+def maml_reference(forward, loss_fn, params, batch, steps, lr, first_order=False):
+    """Mean over tasks of d(query loss after adaptation)/d(params)."""
+    total = None
+    for i in range(len(batch)):
+        sx, sy, qx, qy = batch.task(i)
+        leaf = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        fast = unrolled_adapt(
+            forward, loss_fn, leaf, sx, sy, steps, dict.fromkeys(leaf, lr), not first_order
+        )
+        if first_order:
+            fast = {k: v.detach().requires_grad_() for k, v in fast.items()}
+            grads = torch.autograd.grad(loss_fn(forward(fast, qx), qy), list(fast.values()))
+        else:
+            grads = torch.autograd.grad(loss_fn(forward(fast, qx), qy), list(leaf.values()))
+        total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]
+    return {name: g / len(batch) for name, g in zip(params, total, strict=True)}
+
+
+def metasgd_reference(forward, loss_fn, params, rates, batch, steps):
+    """Gradients with respect to the initial weights and the per-element rates."""
+    total = None
+    for i in range(len(batch)):
+        sx, sy, qx, qy = batch.task(i)
+        leaf = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        lr = {k: v.detach().clone().requires_grad_() for k, v in rates.items()}
+        fast = unrolled_adapt(forward, loss_fn, leaf, sx, sy, steps, lr, True)
+        loss = loss_fn(forward(fast, qx), qy)
+        grads = torch.autograd.grad(loss, list(leaf.values()) + list(lr.values()))
+        total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]
+    names = list(params) + [f"inner_lr.{k}" for k in rates]
+    return {name: g / len(batch) for name, g in zip(names, total, strict=True)}
+
+
+def reptile_reference(forward, loss_fn, params, batch, steps, lr):
+    """params - mean over tasks of the weights after ``steps`` SGD steps."""
+    adapted = []
+    for i in range(len(batch)):
+        sx, sy, _, _ = batch.task(i)
+        leaf = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        fast = unrolled_adapt(forward, loss_fn, leaf, sx, sy, steps, dict.fromkeys(leaf, lr), False)
+        adapted.append(fast)
+    return {k: params[k] - torch.stack([a[k].detach() for a in adapted]).mean(0) for k in params}
+
+
+def maml_objective(forward, loss_fn, params, batch, steps, lr):
+    """The MAML meta-objective itself (for finite differences)."""
+    losses = []
+    for i in range(len(batch)):
+        sx, sy, qx, qy = batch.task(i)
+        leaf = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        fast = unrolled_adapt(forward, loss_fn, leaf, sx, sy, steps, dict.fromkeys(leaf, lr), False)
+        losses.append(loss_fn(forward({k: v.detach() for k, v in fast.items()}, qx), qy))
+    return torch.stack(losses).mean()

@@ -1,0 +1,214 @@
+"""Meta-gradients against independent references and finite differences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import (
+    conv4_forward,
+    maml_objective,
+    maml_reference,
+    metasgd_reference,
+    mlp_forward,
+    reptile_reference,
+)
+
+import distmeta as dm
+from distmeta.errors import TaskFailedError
+
+torch.set_default_dtype(torch.float32)
+
+
+def _mlp(hidden=(12, 12)):
+    torch.manual_seed(0)
+    return dm.models.MLP(1, hidden, 1).double()
+
+
+def _sinusoid_batch(tasks=4, shots=5, query=7, step=0):
+    return dm.tasks.Sinusoid(shots, query, dtype=torch.float64).sample(11, step, range(tasks))
+
+
+def _assert_close(actual, expected, rtol=1e-9, atol=1e-11):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_maml_equals_unrolled_reference(steps, execution):
+    model, batch = _mlp(), _sinusoid_batch()
+    algo = dm.algorithms.MAML(
+        model, F.mse_loss, inner_lr=0.1, inner_steps=steps, execution=execution
+    )
+    params = algo.init_params()
+    g, metrics = algo.meta_gradient(params, batch)
+    _assert_close(g, maml_reference(mlp_forward, F.mse_loss, params, batch, steps, 0.1))
+    assert metrics["loss"] > 0
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_first_order_maml_equals_reference_and_differs_from_second_order(execution):
+    model, batch = _mlp(), _sinusoid_batch()
+    fo = dm.algorithms.MAML(model, F.mse_loss, 0.1, 2, first_order=True, execution=execution)
+    params = fo.init_params()
+    g, _ = fo.meta_gradient(params, batch)
+    _assert_close(
+        g, maml_reference(mlp_forward, F.mse_loss, params, batch, 2, 0.1, first_order=True)
+    )
+    second = maml_reference(mlp_forward, F.mse_loss, params, batch, 2, 0.1)
+    assert max((g[k] - second[k]).abs().max().item() for k in g) > 1e-6
+
+
+def test_maml_matches_central_finite_differences():
+    model = _mlp(hidden=(3,))
+    batch = _sinusoid_batch(tasks=2, shots=4, query=4)
+    algo = dm.algorithms.MAML(model, F.mse_loss, inner_lr=0.05, inner_steps=2, execution="loop")
+    params = algo.init_params()
+    g, _ = algo.meta_gradient(params, batch)
+    eps = 1e-6
+    for name, value in params.items():
+        for flat_index in range(value.numel()):
+            shifted = {}
+            for sign in (1, -1):
+                p = {k: v.clone() for k, v in params.items()}
+                p[name].view(-1)[flat_index] += sign * eps
+                shifted[sign] = maml_objective(mlp_forward, F.mse_loss, p, batch, 2, 0.05).item()
+            numeric = (shifted[1] - shifted[-1]) / (2 * eps)
+            assert g[name].view(-1)[flat_index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_reptile_direction_is_params_minus_mean_adapted(execution):
+    model, batch = _mlp(), _sinusoid_batch()
+    algo = dm.algorithms.Reptile(
+        model, F.mse_loss, inner_lr=0.05, inner_steps=4, execution=execution
+    )
+    params = algo.init_params()
+    g, _ = algo.meta_gradient(params, batch)
+    _assert_close(g, reptile_reference(mlp_forward, F.mse_loss, params, batch, 4, 0.05))
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_metasgd_gradients_for_weights_and_learned_rates(execution):
+    model, batch = _mlp(), _sinusoid_batch()
+    algo = dm.algorithms.MetaSGD(
+        model, F.mse_loss, inner_lr=0.05, inner_steps=2, execution=execution
+    )
+    params = algo.init_params()
+    names = [n for n, _ in model.named_parameters()]
+    assert set(names) < set(params)
+    assert all(torch.all(params[f"inner_lr.{n}"] == 0.05) for n in names)
+    # Perturb the rates so every element differs: the gradient must follow each one.
+    params = {
+        k: (v * (1 + 0.5 * torch.rand_like(v)) if k.startswith("inner_lr.") else v)
+        for k, v in params.items()
+    }
+    g, _ = algo.meta_gradient(params, batch)
+    weights = {n: params[n] for n in names}
+    rates = {n: params[f"inner_lr.{n}"] for n in names}
+    _assert_close(g, metasgd_reference(mlp_forward, F.mse_loss, weights, rates, batch, 2))
+
+
+def test_conv4_batched_meta_gradient_equals_per_task_reference_in_float64():
+    torch.manual_seed(0)
+    model = dm.models.Conv4(in_channels=1, out_features=3, hidden=4, image_size=16).double()
+    tasks, shots, queries = 3, 3, 4
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(
+        tasks, shots + queries, 1, 16, 16, dtype=torch.float64, generator=generator
+    )
+    labels = torch.randint(0, 3, (tasks, shots + queries), generator=generator)
+    batch = dm.tasks.TaskBatch(
+        images[:, :shots], labels[:, :shots], images[:, shots:], labels[:, shots:]
+    )
+    expected = None
+    for execution in ("vmap", "loop"):
+        algo = dm.algorithms.MAML(
+            model, F.cross_entropy, inner_lr=0.3, inner_steps=2, execution=execution
+        )
+        params = algo.init_params()
+        g, metrics = algo.meta_gradient(params, batch)
+        expected = expected or maml_reference(conv4_forward, F.cross_entropy, params, batch, 2, 0.3)
+        _assert_close(g, expected)
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_batch_norm_uses_each_tasks_own_statistics():
+    """A task's gradient must not change when another task in the batch changes."""
+    torch.manual_seed(0)
+    model = dm.models.Conv4(1, 2, hidden=4, image_size=16).double()
+    x = torch.randn(2, 4, 1, 16, 16, dtype=torch.float64)
+    y = torch.tensor([[0, 1, 0, 1]] * 2)
+    algo = dm.algorithms.MAML(model, F.cross_entropy, 0.1, 1, execution="vmap")
+    params = algo.init_params()
+    first = algo.adaptation_curve(params, dm.tasks.TaskBatch(x, y, x, y), 1)[0]
+    x2 = x.clone()
+    x2[1] = 100 * x2[1] + 7
+    second = algo.adaptation_curve(params, dm.tasks.TaskBatch(x2, y, x2, y), 1)[0]
+    torch.testing.assert_close(first, second, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_loop_and_vmap_agree():
+    torch.manual_seed(0)
+    model = dm.models.MLP(1, (40, 40), 1)
+    batch = dm.tasks.Sinusoid(10, 10).sample(0, 0, range(8))
+    grads = []
+    for execution in ("loop", "vmap"):
+        algo = dm.algorithms.MAML(model, F.mse_loss, 0.01, 1, execution=execution)
+        grads.append(algo.meta_gradient(algo.init_params(), batch)[0])
+    _assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_dtype_follows_params():
+    model = _mlp()
+    algo = dm.algorithms.MAML(model, F.mse_loss)
+    g, _ = algo.meta_gradient(algo.init_params(), _sinusoid_batch())
+    assert all(v.dtype == torch.float64 for v in g.values())
+
+
+def test_adapt_runs_the_inner_loop_of_one_task():
+    model, batch = _mlp(), _sinusoid_batch(tasks=1)
+    algo = dm.algorithms.MAML(model, F.mse_loss, inner_lr=0.05, inner_steps=3)
+    params = algo.init_params()
+    sx, sy, _, _ = batch.task(0)
+    task_params = algo.adapt(params, sx, sy)
+    assert set(task_params) == {n for n, _ in model.named_parameters()}
+    before = F.mse_loss(torch.func.functional_call(model, params, (sx,)), sy)
+    after = F.mse_loss(torch.func.functional_call(model, task_params, (sx,)), sy)
+    assert after < before
+    leaf = {k: v.clone().requires_grad_() for k, v in params.items()}
+    from reference import unrolled_adapt
+
+    expected = unrolled_adapt(
+        mlp_forward, F.mse_loss, leaf, sx, sy, 3, dict.fromkeys(leaf, 0.05), False
+    )
+    _assert_close(task_params, {k: v.detach() for k, v in expected.items()})
+
+
+def test_non_finite_loss_names_the_task():
+    model, batch = _mlp(), _sinusoid_batch(tasks=3, step=5)
+    bad = batch.query_y.clone()
+    bad[1, 0] = float("nan")
+    batch = dm.tasks.TaskBatch(batch.support_x, batch.support_y, batch.query_x, bad, batch.ids)
+    algo = dm.algorithms.MAML(model, F.mse_loss)
+    with pytest.raises(TaskFailedError, match=r"\(11, 5, 1\)"):
+        algo.meta_gradient(algo.init_params(), batch)
+
+
+def test_wrong_params_are_refused_with_the_missing_keys():
+    algo = dm.algorithms.MAML(_mlp(), F.mse_loss)
+    params = algo.init_params()
+    params.pop("net.0.bias")
+    with pytest.raises(ValueError, match="net.0.bias"):
+        algo.meta_gradient(params, _sinusoid_batch())
+
+
+def test_bad_constructor_arguments_are_refused_early():
+    with pytest.raises(TypeError, match="nn.Module"):
+        dm.algorithms.MAML(object(), F.mse_loss)
+    with pytest.raises(ValueError, match="inner learning rate"):
+        dm.algorithms.MAML(_mlp(), F.mse_loss, inner_lr=-1.0)
+    with pytest.raises(ValueError, match="inner_steps"):
+        dm.algorithms.Reptile(_mlp(), F.mse_loss, inner_steps=0)

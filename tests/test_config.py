@@ -1,0 +1,72 @@
+"""Config validation: every error names the dotted path of the field."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from distmeta.config import apply_overrides, config_to_dict, load_config, parse_config
+from distmeta.errors import ConfigError
+
+
+def test_defaults_are_the_paper_setup():
+    config = parse_config({})
+    assert config.task.shots == 10 and config.algorithm.inner_lr == 0.01
+    assert config.train.meta_batch_size == 25 and config.train.steps == 70_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"algorithm": {"inner_lr": -0.1}}, "algorithm.inner_lr: Input should be greater than 0"),
+        ({"task": {"shots": 0}}, "task.shots: Input should be greater than 0"),
+        ({"train": {"stepz": 3}}, "train.stepz: unknown key"),
+        ({"algorithm": {"name": "maml2"}}, "algorithm.name"),
+        ({"train": {"steps": "many"}}, "train.steps: Input should be a valid integer"),
+        ({"task": {"amplitude": [5, 1]}}, "amplitude must be [low, high]"),
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"engine": {"worker_resources": {"num_cpus": 0}}}, "engine.worker_resources.num_cpus"),
+    ],
+)
+def test_bad_values_name_the_field(raw, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw)
+    assert message in str(error.value)
+
+
+def test_overrides_are_yaml_values_at_dotted_paths():
+    raw = apply_overrides(
+        {"algorithm": {"name": "maml"}}, ["algorithm.inner_lr=0.5", "model.hidden=[8, 8]"]
+    )
+    config = parse_config(raw)
+    assert config.algorithm.inner_lr == 0.5 and config.model.hidden == (8, 8)
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides({}, ["algorithm.inner_lr"])
+    with pytest.raises(ConfigError, match="algorithm.name is a value"):
+        apply_overrides({"algorithm": {"name": "maml"}}, ["algorithm.name.x=1"])
+
+
+def test_load_config_names_the_file(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train: {steps: -1}\n")
+    with pytest.raises(ConfigError, match=r"x\.yaml.*train\.steps"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = parse_config({"algorithm": {"name": "reptile", "inner_steps": 5}})
+    path = tmp_path / "resolved.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(config)))
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize("name", ["sinusoid_maml", "sinusoid_reptile"])
+def test_shipped_configs_are_valid(name):
+    from conftest import REPO
+
+    load_config(REPO / "configs" / f"{name}.yaml")

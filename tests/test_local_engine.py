@@ -1,0 +1,114 @@
+"""The local engine: training, checkpoints, exact resume, evaluation, loading a run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import distmeta as dm
+from distmeta.engine.rundir import MetricsLog, RunDir
+from distmeta.errors import ConfigError, RunError
+
+
+class _StopAt:
+    """A callback that interrupts training after a given logged step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_start(self, *args):
+        pass
+
+    def on_metrics(self, record):
+        if record["step"] >= self.step:
+            raise KeyboardInterrupt
+
+    def on_checkpoint(self, *args):
+        pass
+
+    def on_end(self, *args):
+        pass
+
+
+def _final(run_dir):
+    return dm.load_run(run_dir).params
+
+
+def test_training_reduces_the_loss_and_writes_the_run(tmp_path, tiny_sinusoid_config):
+    config = tiny_sinusoid_config.model_copy(
+        update={
+            "train": tiny_sinusoid_config.train.model_copy(update={"steps": 300, "log_every": 50})
+        }
+    )
+    result = dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    records = MetricsLog.read(RunDir(tmp_path / "run"))
+    assert [r["step"] for r in records] == list(range(50, 301, 50))
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert result.steps == 300 and result.tasks_per_second > 0
+    assert RunDir(tmp_path / "run").checkpoint_steps() == list(range(5, 301, 5))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile", "metasgd", "fomaml"])
+def test_resume_after_interruption_is_bit_identical(tmp_path, tiny_sinusoid_config, algorithm):
+    config = tiny_sinusoid_config.model_copy(
+        update={"algorithm": tiny_sinusoid_config.algorithm.model_copy(update={"name": algorithm})}
+    )
+    dm.train(config, run_dir=str(tmp_path / "whole"), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        dm.train(config, run_dir=str(tmp_path / "cut"), callbacks=[_StopAt(15)], progress=False)
+    assert RunDir(tmp_path / "cut").checkpoint_steps() == [5, 10]
+    dm.train(config, run_dir=str(tmp_path / "cut"), resume=True, progress=False)
+    whole, cut = _final(tmp_path / "whole"), _final(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    steps = [r["step"] for r in MetricsLog.read(RunDir(tmp_path / "cut"))]
+    assert steps == [5, 10, 15, 20]
+
+
+def test_a_longer_run_continues_a_finished_one_exactly(tmp_path, tiny_sinusoid_config):
+    longer = tiny_sinusoid_config.model_copy(
+        update={"train": tiny_sinusoid_config.train.model_copy(update={"steps": 30})}
+    )
+    dm.train(longer, run_dir=str(tmp_path / "whole"), progress=False)
+    dm.train(tiny_sinusoid_config, run_dir=str(tmp_path / "part"), progress=False)
+    dm.train(longer, run_dir=str(tmp_path / "part"), resume=True, progress=False)
+    whole, part = _final(tmp_path / "whole"), _final(tmp_path / "part")
+    assert all(torch.equal(whole[k], part[k]) for k in whole)
+
+
+def test_resume_refuses_a_different_experiment(tmp_path, tiny_sinusoid_config):
+    dm.train(tiny_sinusoid_config, run_dir=str(tmp_path / "run"), progress=False)
+    other = tiny_sinusoid_config.model_copy(
+        update={"algorithm": tiny_sinusoid_config.algorithm.model_copy(update={"inner_lr": 0.5})}
+    )
+    with pytest.raises(ConfigError, match="algorithm.inner_lr"):
+        dm.train(other, run_dir=str(tmp_path / "run"), resume=True, progress=False)
+    with pytest.raises(RunError, match="already holds a run"):
+        dm.train(tiny_sinusoid_config, run_dir=str(tmp_path / "run"), progress=False)
+
+
+def test_evaluation_improves_with_adaptation(tmp_path, tiny_sinusoid_config):
+    config = tiny_sinusoid_config.model_copy(
+        update={
+            "train": tiny_sinusoid_config.train.model_copy(update={"steps": 400, "log_every": 100})
+        }
+    )
+    dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    run = dm.load_run(tmp_path / "run")
+    result = dm.evaluate(run, tasks=50, steps=5)
+    assert result.steps == [0, 1, 2, 3, 4, 5] and result.tasks == 50
+    assert result.loss[5] < result.loss[0]
+    assert result.accuracy is None
+    again = dm.evaluate(run, tasks=50, steps=5)
+    assert again.loss == result.loss
+
+
+def test_loaded_run_predicts_with_adapted_parameters(tmp_path, tiny_sinusoid_config):
+    dm.train(tiny_sinusoid_config, run_dir=str(tmp_path / "run"), progress=False)
+    run = dm.load_run(tmp_path / "run")
+    assert run.step == 20 and run.config == tiny_sinusoid_config
+    batch = dm.tasks.Sinusoid(5, 5).sample(99, 0, [0])
+    sx, sy, qx, _ = batch.task(0)
+    task_params = run.algorithm.adapt(run.params, sx, sy)
+    prediction = torch.func.functional_call(run.model, task_params, (qx,))
+    assert prediction.shape == (5, 1)
+    assert torch.equal(run.model(qx), torch.func.functional_call(run.model, run.params, (qx,)))
