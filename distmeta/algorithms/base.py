@@ -2,9 +2,10 @@
 
 An algorithm answers one question: given meta-parameters and a batch of tasks, what is the
 meta-gradient ``g`` (so that the outer step is ``params <- outer_optimizer(params, g)``)?
-Subclasses define the gradient of one task as a pure ``torch.func`` function; this class
-runs it over the tasks of a batch, either one task at a time or vectorised with
-``torch.func.vmap``, and sums the results in task order.
+Subclasses define the gradient of one task as a pure function of the parameters, written with
+:func:`distmeta.algorithms.differentiate.grad` (``torch.func.grad`` under ``vmap``, plain
+autograd one task at a time); this class runs it over the tasks of a batch, either one task at
+a time or vectorised with ``torch.func.vmap``, and sums the results in task order.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
-from distmeta.algorithms.gradient import ACCUMULATOR_DTYPE, GradientSum
+from distmeta.algorithms.differentiate import grad
+from distmeta.algorithms.gradient import ACCUMULATOR_DTYPE, GradientSum, compensated_sum
 from distmeta.algorithms.inner import InnerRule, Params
 from distmeta.errors import TaskFailedError
 from distmeta.tasks.batch import TaskBatch
@@ -127,7 +129,7 @@ class MetaAlgorithm(ABC):
 
     def _inner_loop(self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int) -> Params:
         """Fast weights after ``steps`` inner steps; differentiable through ``meta`` when called
-        under a ``torch.func.grad`` transform of ``meta``."""
+        under a :func:`~distmeta.algorithms.differentiate.grad` of ``meta``."""
         fast = self.model_params(meta)
         state = self.inner_rule.init(meta, fast)
         for _ in range(steps):
@@ -223,24 +225,22 @@ class MetaAlgorithm(ABC):
             raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
         meta = _detached(params)
         device = next(iter(meta.values())).device
-        total = {name: torch.zeros_like(p, dtype=ACCUMULATOR_DTYPE) for name, p in meta.items()}
         try:
             if self._resolved_execution(device) == "vmap":
-                stats = self._vmapped_sum(meta, batch, total)
+                total, stats = self._vmapped_sum(meta, batch)
             else:
-                stats = self._looped_sum(meta, batch, total)
+                total, stats = self._looped_sum(meta, batch)
         except TaskFailedError:
             raise
         except Exception:
             self._diagnose(meta, batch)
             raise
-        finite = torch.stack(
-            [stats.isfinite().all()] + [g.isfinite().all() for g in total.values()]
-        )
-        if not bool(finite.all()):
+        values = [stats.isfinite().all()] + [g.isfinite().all() for g in total.grads.values()]
+        if not bool(torch.stack(values).all()):
             self._diagnose(meta, batch)
         sums = stats.sum(dim=0, dtype=ACCUMULATOR_DTYPE).tolist()
-        return GradientSum(total, len(batch), dict(zip(self.stat_names(batch), sums, strict=True)))
+        total.stats = dict(zip(self.stat_names(batch), sums, strict=True))
+        return total
 
     def adaptation_curve(self, params: Params, batch: TaskBatch, steps: int) -> torch.Tensor:
         """Query metrics of every task after 0..``steps`` inner steps: ``[tasks, steps+1, m]``
@@ -269,33 +269,40 @@ class MetaAlgorithm(ABC):
 
     def _batched_sum(
         self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
-    ) -> tuple[Params, torch.Tensor]:
-        """All tasks' gradients in one vectorised call, summed over tasks in the accumulator
-        dtype, and the stacked per-task metrics."""
+    ) -> tuple[Params, Params, torch.Tensor]:
+        """All tasks' gradients in one vectorised call, summed exactly over tasks
+        (``sums``, ``residuals``), and the stacked per-task metrics."""
         batched = vmap(
             self._task_gradient, in_dims=(None, 0, 0, 0, 0), chunk_size=self.vmap_chunk_size
         )
         grads, stats = batched(meta, sx, sy, qx, qy)
-        return {name: g.sum(dim=0, dtype=ACCUMULATOR_DTYPE) for name, g in grads.items()}, stats
+        names = list(grads)
+        tasks = sx.shape[0]
+        flat = torch.cat([grads[name].reshape(tasks, -1) for name in names], dim=1)
+        sums, residuals = compensated_sum(flat)
+        sizes = [meta[name].numel() for name in names]
 
-    def _vmapped_sum(self, meta: Params, batch: TaskBatch, total: Params) -> torch.Tensor:
-        """Add the batch's gradient sum into ``total``; return stacked per-task metrics."""
-        sums, stats = self._batched_sum_fn(
+        def unflatten(vector: torch.Tensor) -> Params:
+            pieces = vector.split(sizes)
+            return {n: t.view(meta[n].shape) for n, t in zip(names, pieces, strict=True)}
+
+        return unflatten(sums), unflatten(residuals), stats
+
+    def _vmapped_sum(self, meta: Params, batch: TaskBatch) -> tuple[GradientSum, torch.Tensor]:
+        sums, residuals, stats = self._batched_sum_fn(
             meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y
         )
-        for name in total:
-            total[name] += sums[name]
-        return stats
+        return GradientSum(sums, residuals, len(batch)), stats
 
-    def _looped_sum(self, meta: Params, batch: TaskBatch, total: Params) -> torch.Tensor:
+    def _looped_sum(self, meta: Params, batch: TaskBatch) -> tuple[GradientSum, torch.Tensor]:
         """Like :meth:`_vmapped_sum`, one task at a time (memory of one task's graph)."""
+        total = GradientSum.zeros_like(meta)
         stats = []
         for index in range(len(batch)):
             grads, task_stats = self._one_task(meta, batch, index)
-            for name in total:
-                total[name] += grads[name]
+            total.add_task(grads)
             stats.append(task_stats)
-        return torch.stack(stats)
+        return total, torch.stack(stats)
 
     def _one_task(self, meta: Params, batch: TaskBatch, index: int) -> tuple[Params, torch.Tensor]:
         try:

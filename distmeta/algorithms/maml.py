@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import grad
 
 from distmeta.algorithms.base import Execution, LossFn, MetaAlgorithm
+from distmeta.algorithms.differentiate import grad
 from distmeta.algorithms.inner import InnerRule, Params, SGDRule
 
 __all__ = ["MAML"]

@@ -5,35 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distmeta.models.task_batch_norm import TaskBatchNorm2d, one_task_eager, pooled_task_batch_norm
+
 __all__ = ["Conv4", "TaskBatchNorm2d"]
-
-
-class TaskBatchNorm2d(nn.Module):
-    """Batch normalisation with the statistics of the current batch only, always.
-
-    MAML normalises with each task's own batch statistics, in training and at test, and keeps
-    no running averages, so a task never sees another task's statistics. The normalisation is
-    written with plain mean/var operations: under ``torch.func.vmap`` each task then reduces
-    over its own samples, and the second-order gradient through it is exact (the native
-    ``F.batch_norm`` kernel under ``vmap(grad(grad))`` is not, in torch 2.13).
-
-    Args:
-        channels: Number of feature channels.
-        eps: Added to the variance for numerical stability.
-    """
-
-    def __init__(self, channels: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        centered = x - mean
-        var = centered.square().mean(dim=(0, 2, 3), keepdim=True)
-        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
-        return centered * scale + self.bias.view(1, -1, 1, 1)
 
 
 class Conv4(nn.Module):
@@ -41,6 +15,16 @@ class Conv4(nn.Module):
 
     The network of Finn et al. (2017) for Omniglot (``hidden=64``, 28x28 grayscale) and,
     with ``hidden=32`` and 84x84 RGB inputs, for mini-ImageNet.
+
+    Each block pools before its ReLU: the same function and the same gradients (max-pooling
+    commutes with a monotone function, and both pick the same element), with a quarter of the
+    ReLU's work. Run eagerly one task at a time (distmeta's per-task loop, adaptation at test
+    time), batch norm and pooling are one fused function (:func:`pooled_task_batch_norm`), and
+    on a CPU the activations are channels-last: oneDNN then convolves without reordering, the
+    first convolution (one input channel) runs about four times faster and max-pooling ten
+    times. Second-order MAML on Omniglot then runs twice as fast, in less than half the
+    memory, as with the modules run one after the other (see
+    ``benchmarks/omniglot_maml_speed.py``).
 
     Args:
         in_channels: Image channels (1 for Omniglot, 3 for RGB).
@@ -61,8 +45,8 @@ class Conv4(nn.Module):
             blocks += [
                 nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
                 TaskBatchNorm2d(hidden),
-                nn.ReLU(),
                 nn.MaxPool2d(2),
+                nn.ReLU(),
             ]
             channels, size = hidden, size // 2
         if size < 1:
@@ -71,4 +55,15 @@ class Conv4(nn.Module):
         self.head = nn.Linear(hidden * size * size, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
+        if not one_task_eager():
+            return self.head(torch.flatten(self.features(x), 1))
+        if x.device.type == "cpu":
+            # clone, not contiguous: with one channel, NCHW is already channels-last
+            # contiguous and would stay NCHW-strided.
+            x = x.clone(memory_format=torch.channels_last)
+        layers = list(self.features)
+        for start in range(0, len(layers), 4):
+            conv, norm, pool, relu = layers[start : start + 4]
+            x = pooled_task_batch_norm(conv(x), norm.weight, norm.bias, norm.eps, pool.kernel_size)
+            x = relu(x)
+        return self.head(torch.flatten(x, 1))
