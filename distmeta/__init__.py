@@ -1,7 +1,7 @@
 """distmeta: exact meta-learning (MAML, first-order MAML, Reptile, Meta-SGD) from one process to
 a Ray cluster."""
 
-from distmeta import algorithms, engine, models, tasks
+from distmeta import algorithms, data, engine, models, tasks
 from distmeta.config import ExperimentConfig, load_config
 from distmeta.engine import evaluate, load_run, train
 from distmeta.errors import (
@@ -26,6 +26,7 @@ __all__ = [
     "TaskFailedError",
     "TrackingError",
     "algorithms",
+    "data",
     "engine",
     "evaluate",
     "load_config",
