@@ -1,4 +1,4 @@
-"""The ``distmeta`` command line: train, eval (and the subcommands of later layers).
+"""The ``distmeta`` command line: train, eval, export (and the subcommands of later layers).
 
 Every error distmeta raises on purpose becomes one red line on stderr and exit status 2.
 """
@@ -8,14 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from distmeta.config import load_config
-from distmeta.engine import evaluate, load_run, train
+from distmeta.data import ImageSet, prepare_imagefolder, prepare_omniglot
+from distmeta.engine import Run, evaluate, load_run, train
 from distmeta.errors import DistmetaError
 
 __all__ = ["main"]
@@ -36,17 +40,96 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    result = train(config, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if isinstance(v, float))
+    tracker = None
+    if config.tracking.enabled:
+        from distmeta.tracking import MLflowTracker  # MLflow loads only for tracked runs
+
+        tracker = MLflowTracker(config, config_file=args.config)  # checks the store first
+    with tracker or nullcontext():
+        result = train(
+            config,
+            run_dir=args.run_dir,
+            resume=args.resume,
+            callbacks=[tracker] if tracker else [],
+            progress=not args.no_progress,
+        )
+    shown = {k: v for k, v in result.metrics.items() if k not in ("step", "time", "tasks_per_s")}
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+    tracked = f"; MLflow run {tracker.run_url}" if tracker else ""
     _err.print(
         f"[green]done[/]: {result.steps} steps in {result.wall_time:.1f} s "
-        f"({result.tasks_per_second:.0f} tasks/s); {summary}; run in {result.run_dir}"
+        f"({result.tasks_per_second:.0f} tasks/s); {summary}; run in {result.run_dir}{tracked}",
+        soft_wrap=True,
     )
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from distmeta.tune import run_search  # Ray Tune loads only for a search
+
+    config = load_config(args.config, args.overrides)
+    result = run_search(
+        config, args.run_dir, config_file=args.config, progress=not args.no_progress
+    )
+    table = Table(title=f"{len(result.trials)} trials, {result.metric} ({result.mode})")
+    for column in ("trial", "status", "step", result.metric, *config.tune.space):
+        table.add_column(column, justify="left" if column in ("trial", "status") else "right")
+    ranked = sorted(
+        result.trials,
+        key=lambda t: t.metrics.get(result.metric, float("nan")),
+        reverse=result.mode == "max",
+    )
+    for trial in ranked:
+        value = trial.metrics.get(result.metric)
+        style = "bold green" if trial is result.best else None
+        table.add_row(
+            trial.name,
+            trial.status if trial.error is None else f"error: {trial.error[:60]}",
+            str(trial.step),
+            "-" if value is None else f"{value:.4g}",
+            *(_short(trial.values.get(key)) for key in config.tune.space),
+            style=style,
+        )
+    Console().print(table)
+    tracked = f"; MLflow run {result.tracking_run}" if result.tracking_run else ""
+    _err.print(
+        f"[green]done[/]: best {result.best.name}, {result.metric} "
+        f"{result.best.metrics[result.metric]:.4g}, in {result.wall_time:.0f} s; trials in "
+        f"{result.search_dir}/trials.csv{tracked}; train the best config with: "
+        f"distmeta train {result.best_config}",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from distmeta.tracking import export_model
+
+    exported = export_model(args.run, args.name, alias=args.alias, tracking_uri=args.tracking_uri)
+    alias = f" (alias {exported.alias})" if exported.alias else ""
+    _err.print(
+        f"[green]registered[/]: {exported.name} version {exported.version}{alias} in "
+        f"{exported.tracking_uri}; load it as {exported.model_uri}",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Run:
+    """A run folder, or a registered model (``models:/NAME@alias``) loaded like one."""
+    if args.run.startswith("models:/"):
+        from distmeta.tracking import load_registered_run
+
+        return load_registered_run(args.run, args.overrides, tracking_uri=args.tracking_uri)
+    return load_run(args.run, args.overrides)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    run = load_run(args.run, args.overrides)
+    run = _load(args)
     result = evaluate(run, tasks=args.tasks, seed=args.seed)
     if not args.json:
         table = Table(title=f"{result.tasks} fresh tasks")
@@ -65,6 +148,128 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.dataset == "omniglot":
+        path = prepare_omniglot(args.src, args.out, size=tuple(args.size))
+    else:
+        path = prepare_imagefolder(
+            args.src, args.out, tuple(args.size), channels=args.channels, held_out=args.held_out
+        )
+    info = ImageSet(path).info
+    _err.print(
+        f"[green]prepared[/]: {info.rows} images of {info.classes} classes "
+        f"({info.height}x{info.width}x{info.channels}"
+        f"{', held out' if info.held_out else ''}) in {time.perf_counter() - started:.1f} s; "
+        f"{path} ({Path(path).stat().st_size / 1e6:.1f} MB)",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _add_data_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("data", help="prepare data sets")
+    actions = p.add_subparsers(dest="data_command", required=True)
+    prepare = actions.add_parser(
+        "prepare", help="decode an image set into a memory-mappable Arrow file"
+    )
+    kinds = prepare.add_subparsers(dest="dataset", required=True)
+    q = kinds.add_parser("omniglot", help="Omniglot images_background/images_evaluation")
+    q.add_argument("--src", required=True, help="the official .zip, or its extracted folder")
+    q.add_argument("--out", required=True, help="output folder (gets <split>.arrow)")
+    q.add_argument(
+        "--size",
+        type=_positive,
+        nargs=2,
+        default=[28, 28],
+        metavar=("H", "W"),
+        help="stored image size (default 28 28)",
+    )
+    q.set_defaults(handler=_cmd_data_prepare)
+    q = kinds.add_parser("imagefolder", help="a folder per class (mini-ImageNet), RGB or gray")
+    q.add_argument("--src", required=True, help="folder of class folders (or a zip of one)")
+    q.add_argument("--out", required=True, help="output folder (gets <folder>.arrow)")
+    q.add_argument("--size", type=_positive, nargs=2, required=True, metavar=("H", "W"))
+    q.add_argument("--channels", type=int, choices=(1, 3), default=3, help="3 RGB, 1 gray")
+    q.add_argument(
+        "--held-out",
+        action="store_true",
+        help="a test split: evaluation uses every class of it",
+    )
+    q.set_defaults(handler=_cmd_data_prepare)
+
+
+def _add_tracking_uri(
+    parser: argparse.ArgumentParser,
+    default: str = "default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db",
+) -> None:
+    parser.add_argument("--tracking-uri", help=f"MLflow tracking store and registry ({default})")
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from distmeta import jobs
+
+    job_id = jobs.submit_run(
+        args.address,
+        args.config,
+        args.overrides,
+        mlflow_uri=args.mlflow,
+        run_dir=args.run_dir,
+        command="tune" if args.tune else "train",
+    )
+    print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    status = jobs.follow_logs(args.address, job_id)
+    _err.print(f"job {job_id}: {status}", style="green" if status == "SUCCEEDED" else "red")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from distmeta import jobs
+
+    if args.action == "status":
+        print(jobs.job_status(args.address, args.job_id))
+    elif args.action == "logs":
+        if args.follow:
+            jobs.follow_logs(args.address, args.job_id)
+        else:
+            print(jobs.job_logs(args.address, args.job_id), end="")
+    else:
+        stopped = jobs.stop_job(args.address, args.job_id)
+        print("stopping" if stopped else "already ended")
+    return 0
+
+
+def _add_job_parsers(commands: argparse._SubParsersAction) -> None:
+    address = {
+        "help": "Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)",
+    }
+    p = commands.add_parser("submit", help="run a config on a Ray cluster as a Ray Job")
+    p.add_argument("config", help="YAML experiment config, inside the current directory")
+    _add_overrides(p)
+    p.add_argument("--address", **address)
+    p.add_argument("--wait", action="store_true", help="follow the logs; exit with the status")
+    p.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI for the run")
+    p.add_argument("--run-dir", help="run folder on the cluster (e.g. s3://bucket/run)")
+    p.add_argument("--tune", action="store_true", help="run distmeta tune instead of train")
+    p.set_defaults(handler=_cmd_submit)
+
+    p = commands.add_parser("jobs", help="status, logs or stop of a submitted job")
+    p.add_argument("action", choices=["status", "logs", "stop"])
+    p.add_argument("job_id")
+    p.add_argument("--address", **address)
+    p.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
+    p.set_defaults(handler=_cmd_jobs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distmeta", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,12 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_train)
 
     p = commands.add_parser("eval", help="evaluate a run on fresh tasks")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory, or a registered model: models:/NAME@ALIAS")
     _add_overrides(p)
     p.add_argument("--tasks", type=int, help="number of tasks (default: eval.tasks)")
     p.add_argument("--seed", type=int, help="seed of the tasks (default: eval.seed or seed + 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    _add_tracking_uri(p)
     p.set_defaults(handler=_cmd_eval)
+
+    p = commands.add_parser("tune", help="search hyperparameters of a config with Ray Tune")
+    p.add_argument("config", help="YAML experiment config with a tune: section")
+    _add_overrides(p)
+    p.add_argument("--run-dir", help="the search's folder (default: runs/tune-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no Tune status table")
+    p.set_defaults(handler=_cmd_tune)
+
+    p = commands.add_parser("export", help="register a finished run in the MLflow Model Registry")
+    p.add_argument("run", help="run directory (holding final.pt)")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--alias", help="alias to point at the new version, e.g. champion")
+    _add_tracking_uri(p, "default: MLFLOW_TRACKING_URI, else the store that tracked the run")
+    p.set_defaults(handler=_cmd_export)
+
+    _add_data_parser(commands)
+    _add_job_parsers(commands)
     return parser
 
 

@@ -27,15 +27,21 @@ from pydantic import (
 from distmeta.errors import ConfigError
 
 __all__ = [
+    "ASHAConfig",
     "AlgorithmConfig",
     "Conv4Config",
     "EngineConfig",
     "EvalConfig",
     "ExperimentConfig",
+    "FewShotTaskConfig",
     "MLPConfig",
+    "PBTConfig",
+    "SearchDimension",
     "SinusoidTaskConfig",
     "TrackingConfig",
     "TrainConfig",
+    "TrialResources",
+    "TuneConfig",
     "WorkerResources",
     "apply_overrides",
     "config_to_dict",
@@ -76,7 +82,39 @@ class SinusoidTaskConfig(_Section):
         return self
 
 
-TaskConfig = Annotated[SinusoidTaskConfig, Field(discriminator="name")]
+class FewShotTaskConfig(_Section):
+    """N-way K-shot image classification (Omniglot, mini-ImageNet) from a prepared image set.
+
+    Meta-training draws tasks from the training classes of ``path``; ``distmeta eval`` draws
+    them from the classes ``eval_split`` names, so ``--set task.path=<prepared evaluation
+    split>`` evaluates on every class of that split.
+    """
+
+    name: Literal["fewshot"] = "fewshot"
+    path: str = Field(min_length=1)
+    """A prepared ``.arrow`` file or its folder (``distmeta data prepare``), relative to the
+    working directory."""
+    ways: PositiveInt = 5
+    shots: PositiveInt = 1
+    """Support images per class (K)."""
+    query: PositiveInt = 15
+    """Query images per class."""
+    rotations: bool = True
+    """Rotations by 0/90/180/270 degrees count as classes (Omniglot protocol); false for
+    natural images."""
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """Share of the file's classes (by character: all rotations together) kept out of
+    meta-training for validation."""
+    split_seed: NonNegativeInt = 0
+    """Seed of the train/validation split of classes (independent of the run's seed)."""
+    split_by: Literal["character", "alphabet"] = "character"
+    """Hold out single characters, or whole alphabets (validation on unseen alphabets)."""
+    eval_split: Literal["held_out", "val", "all"] = "held_out"
+    """Classes of evaluation tasks: ``held_out`` is every class of a file prepared as held out
+    (Omniglot's images_evaluation), else the validation classes."""
+
+
+TaskConfig = Annotated[SinusoidTaskConfig | FewShotTaskConfig, Field(discriminator="name")]
 
 
 class MLPConfig(_Section):
@@ -124,8 +162,12 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     tasks: PositiveInt = 1_000
+    shots: PositiveInt | None = None
+    """Support points (per class for classification) of evaluation tasks; ``None`` keeps
+    ``task.shots``. Reptile trains with more shots than it is evaluated on."""
     query: PositiveInt | None = None
-    """Query points per evaluation task; ``None`` keeps ``task.query``."""
+    """Query points (per class for classification) per evaluation task; ``None`` keeps
+    ``task.query``."""
     inner_steps: NonNegativeInt | None = None
     """Adaptation steps at evaluation; ``None`` keeps ``algorithm.inner_steps``."""
     seed: NonNegativeInt | None = None
@@ -135,6 +177,9 @@ class EvalConfig(_Section):
 class WorkerResources(_Section):
     num_cpus: PositiveFloat = 1.0
     num_gpus: NonNegativeFloat = 0.0
+    """A worker with a GPU computes on CUDA."""
+    resources: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    """Ray custom resources each worker needs (e.g. to pin workers to a node type)."""
 
 
 class EngineConfig(_Section):
@@ -151,14 +196,138 @@ class EngineConfig(_Section):
     """Ray cluster to join (``auto``, ``ray://host:10001``); ``None`` starts a local one."""
     max_task_retries: NonNegativeInt = 2
     """Times one slice is recomputed after a worker failure before the run fails."""
+    reduction: Literal["auto", "flat", "tree"] = "auto"
+    """How workers' results reach the learner in sync mode: ``flat`` (the learner adds them
+    all), ``tree`` (pairwise merges on the workers' nodes, the learner gets one), ``auto``
+    (tree for many workers and large models; see BENCHMARKS.md). Exact either way."""
+    step_timeout_s: PositiveFloat = 600.0
+    """A step that waits longer than this for its workers fails the run with the workers'
+    health (e.g. no node left that can host them), instead of waiting forever."""
 
 
 class TrackingConfig(_Section):
     enabled: bool = True
     uri: str | None = None
-    """MLflow tracking URI; ``None`` is ``sqlite:///<cwd>/mlflow.db``."""
+    """MLflow tracking URI; ``None`` is ``MLFLOW_TRACKING_URI`` when set, else
+    ``sqlite:///<cwd>/mlflow.db`` (artifacts in ``<cwd>/mlartifacts``)."""
     experiment: str = Field("distmeta", min_length=1)
     run_name: str | None = None
+
+
+class SearchDimension(_Section):
+    """One searched config value (``distmeta tune``).
+
+    ``uniform`` and ``loguniform`` draw a float in ``[low, high]`` (``loguniform`` for scales
+    such as learning rates: ``low > 0``), ``randint`` an integer in ``[low, high)``, ``choice``
+    one of ``values``; ``grid`` tries every one of ``values``.
+    """
+
+    type: Literal["uniform", "loguniform", "randint", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchDimension:
+        if self.type in ("choice", "grid"):
+            if self.low is not None or self.high is not None:
+                raise ValueError(f"{self.type} takes values, not low/high")
+            if not self.values:
+                raise ValueError(f"{self.type} needs a non-empty list of values")
+            return self
+        if self.values is not None:
+            raise ValueError(f"{self.type} takes low and high, not values")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs low and high")
+        if not self.low < self.high:
+            raise ValueError(f"{self.type} needs low < high, got [{self.low:g}, {self.high:g}]")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low:g}")
+        if self.type == "randint" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError(f"randint needs integer bounds, got [{self.low:g}, {self.high:g})")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """The values that bound what a trial can receive (checked against the schema)."""
+        if self.values is not None:
+            return list(self.values)
+        if self.type == "randint":
+            return [int(self.low), int(self.high) - 1]
+        return [self.low, self.high]
+
+
+class TrialResources(_Section):
+    """What Ray reserves for a trial's own process; Ray engine workers get their own bundles
+    (``engine.worker_resources``)."""
+
+    num_cpus: PositiveFloat = 1.0
+    """Fractions let several trials share a core (the trial mostly waits on its workers with
+    the Ray engine)."""
+    num_gpus: NonNegativeFloat = 0.0
+
+
+class ASHAConfig(_Section):
+    grace_period: PositiveInt = 1
+    """Reports a trial makes before it can be stopped."""
+    reduction_factor: float = Field(2.0, gt=1.0)
+    """At each rung only the best ``1 / reduction_factor`` of the trials continue."""
+
+
+class PBTConfig(_Section):
+    perturbation_interval: PositiveInt = 1
+    """Reports between two exploit/explore decisions of a trial."""
+
+
+class TuneConfig(_Section):
+    """A hyperparameter search over this config (``distmeta tune``; ``distmeta train`` ignores
+    it). Every trial is a full training of the config with the sampled values; it reports the
+    validation metric every ``report_every`` steps, with a checkpoint."""
+
+    space: dict[str, SearchDimension] = Field(min_length=1)
+    """Dotted config keys (``algorithm.inner_lr``) and how each is searched."""
+    search: Literal["optuna", "random", "grid"] | None = None
+    """``optuna`` (TPE, the default), ``random``, or ``grid`` (every combination of the
+    ``choice``/``grid`` values); ``None`` is optuna, and random under PBT (which samples its
+    own population)."""
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    """``asha`` stops bad trials early, ``pbt`` copies good trials' checkpoints into bad ones
+    and perturbs their values (learning-rate schedules), ``fifo`` runs every trial to the
+    end."""
+    num_samples: PositiveInt | None = None
+    """Trials; with a grid, repeats of the whole grid. ``None`` is 8, or 1 with a grid."""
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    """Query loss (or accuracy) after ``eval.inner_steps`` adaptation steps on ``val_tasks``
+    tasks of the evaluation split (fresh sinusoids; the held-out or validation classes)."""
+    mode: Literal["min", "max"] | None = None
+    """``None`` is ``min`` for a loss, ``max`` for an accuracy."""
+    report_every: PositiveInt = 1_000
+    """Training steps between reports (each with a checkpoint and a validation)."""
+    val_tasks: PositiveInt = 100
+    max_concurrent_trials: PositiveInt | None = None
+    """``None``: as many as the cluster's free resources hold."""
+    trial_resources: TrialResources = TrialResources()
+    seed: NonNegativeInt = 0
+    """Seed of the search algorithm (not of the trials' training, which is ``seed``)."""
+    asha: ASHAConfig = ASHAConfig()
+    pbt: PBTConfig = PBTConfig()
+
+    @property
+    def resolved_mode(self) -> Literal["min", "max"]:
+        if self.mode is not None:
+            return self.mode
+        return "max" if self.metric == "val_accuracy" else "min"
+
+    @property
+    def resolved_search(self) -> Literal["optuna", "random", "grid"]:
+        if self.search is not None:
+            return self.search
+        return "random" if self.scheduler == "pbt" else "optuna"
+
+    @property
+    def resolved_num_samples(self) -> int:
+        if self.num_samples is not None:
+            return self.num_samples
+        return 1 if self.resolved_search == "grid" else 8
 
 
 class ExperimentConfig(_Section):
@@ -172,6 +341,8 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
     tracking: TrackingConfig = TrackingConfig()
+    tune: TuneConfig | None = None
+    """A hyperparameter search (``distmeta tune``); training ignores it."""
 
     @model_validator(mode="before")
     @classmethod
@@ -267,5 +438,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """The resolved config as plain YAML-able data (every default spelled out)."""
-    return config.model_dump(mode="json")
+    """The resolved config as plain YAML-able data (every default spelled out; no ``tune``
+    section unless there is one)."""
+    return config.model_dump(mode="json", exclude={"tune"} if config.tune is None else None)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "ClusterError",
     "ConfigError",
     "DataError",
+    "DeploymentError",
     "DistmetaError",
     "RunError",
     "TaskFailedError",
@@ -27,6 +29,15 @@ class ConfigError(DistmetaError):
 
 class DataError(DistmetaError):
     """A dataset file or folder is missing, corrupt or of the wrong layout."""
+
+
+class DeploymentError(DistmetaError):
+    """A deployment file (cluster launcher config, KubeRay manifest, Dockerfile, compose file)
+    is invalid."""
+
+
+class ClusterError(DistmetaError):
+    """The Ray cluster cannot run the engine (workers that cannot be placed or never answer)."""
 
 
 class CheckpointError(DistmetaError):

@@ -44,3 +44,62 @@ def tiny_sinusoid_config():
             "tracking": {"enabled": False},
         }
     )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray cluster for the test session (a head node on 127.0.0.1; tests may add nodes)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={
+            "num_cpus": 4,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "object_store_memory": 256 * 1024 * 1024,
+        },
+    )
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def raylet_pids(cluster) -> set[int]:
+    """PIDs of the raylets of ``cluster``'s nodes (parents of its worker processes)."""
+    from ray._private import ray_constants
+
+    pids = set()
+    for node in [cluster.head_node, *cluster.worker_nodes]:
+        for info in node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, []):
+            pids.add(info.process.pid)
+    return pids
+
+
+def actor_pids(cluster, class_name: str) -> list[int]:
+    """PIDs of ``cluster``'s worker processes currently hosting an actor of ``class_name``."""
+    parents = raylet_pids(cluster)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if title.startswith(f"ray::{class_name}") and parent in parents:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real MLflow tracking server (sqlite backend, proxied artifacts) for a test module."""
+    from mlflow_service import tracking_server
+
+    with tracking_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri

@@ -65,7 +65,7 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(path) == config
 
 
-@pytest.mark.parametrize("name", ["sinusoid_maml", "sinusoid_reptile"])
+@pytest.mark.parametrize("name", ["sinusoid_maml", "sinusoid_metasgd", "sinusoid_reptile"])
 def test_shipped_configs_are_valid(name):
     from conftest import REPO
 

@@ -7,7 +7,7 @@ import torch
 
 import distmeta as dm
 from distmeta.engine.rundir import MetricsLog, RunDir
-from distmeta.errors import ConfigError, RunError
+from distmeta.errors import CheckpointError, ConfigError, RunError
 
 
 class _StopAt:
@@ -112,3 +112,9 @@ def test_loaded_run_predicts_with_adapted_parameters(tmp_path, tiny_sinusoid_con
     prediction = torch.func.functional_call(run.model, task_params, (qx,))
     assert prediction.shape == (5, 1)
     assert torch.equal(run.model(qx), torch.func.functional_call(run.model, run.params, (qx,)))
+
+
+def test_an_override_that_changes_the_model_is_a_clear_error(tmp_path, tiny_sinusoid_config):
+    dm.train(tiny_sinusoid_config, run_dir=str(tmp_path / "run"), progress=False)
+    with pytest.raises(CheckpointError, match="model's shape"):
+        dm.load_run(tmp_path / "run", ["model.hidden=[4]"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
@@ -24,8 +25,15 @@ class LearnerRestored(Exception):
 class Engine(Protocol):
     """Runs outer steps; the training loop only sees this interface."""
 
-    def train_step(self, step: int) -> dict[str, float]:
-        """Apply one outer update whose tasks are ``(seed, step, i)``; return its metrics."""
+    def run(self, start: int, stop: int) -> Iterator[dict[str, float]]:
+        """Apply the outer updates ``start..stop-1`` and yield each one's metrics, in order.
+
+        When the iterator is exhausted every update before ``stop`` is applied and none
+        after, so :meth:`state_dict` then describes exactly version ``stop``. Metric names
+        ending in ``_max`` are maxima and those ending in ``_count`` are counts when several
+        steps are summarised; the others are means. Raises :class:`LearnerRestored` when the
+        loop must rewind.
+        """
         ...
 
     def params(self) -> dict[str, torch.Tensor]:

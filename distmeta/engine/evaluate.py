@@ -28,7 +28,16 @@ class EvalResult:
     accuracy_ci95: list[float] | None = None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """Plain data for JSON; a diverged (non-finite) value becomes ``None`` (JSON null)."""
+
+        def finite(values: list[float]) -> list[float | None]:
+            return [v if math.isfinite(v) else None for v in values]
+
+        return {
+            k: (finite(v) if k != "steps" and isinstance(v, list) else v)
+            for k, v in asdict(self).items()
+            if v is not None
+        }
 
 
 def _ci95(values: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,16 @@ from distmeta.algorithms import MAML, MetaAlgorithm, MetaSGD, Reptile
 from distmeta.config import ExperimentConfig
 from distmeta.errors import ConfigError
 from distmeta.models import MLP, Conv4
-from distmeta.tasks import Sinusoid, TaskSource
+from distmeta.tasks import FewShotImages, Sinusoid, TaskSource
 
-__all__ = ["Experiment", "build_experiment", "build_task_source", "resolve_device"]
+__all__ = [
+    "Experiment",
+    "build_algorithm",
+    "build_experiment",
+    "build_model",
+    "build_task_source",
+    "resolve_device",
+]
 
 Split = Literal["train", "eval"]
 
@@ -50,12 +57,31 @@ def _dtype(config: ExperimentConfig) -> torch.dtype:
 
 
 def build_task_source(config: ExperimentConfig, split: Split = "train") -> TaskSource:
-    """The configured task source; ``split="eval"`` uses the evaluation query size."""
+    """The configured task source.
+
+    ``split="eval"`` uses the evaluation shots and query size and, for few-shot images, the
+    classes of ``task.eval_split`` (never the training classes).
+    """
     task = config.task
-    query = task.query if split == "train" or config.eval.query is None else config.eval.query
+    evaluating = split == "eval"
+    shots = config.eval.shots if evaluating and config.eval.shots is not None else task.shots
+    query = config.eval.query if evaluating and config.eval.query is not None else task.query
+    if task.name == "fewshot":
+        return FewShotImages(
+            task.path,
+            ways=task.ways,
+            shots=shots,
+            query=query,
+            rotations=task.rotations,
+            split=task.eval_split if evaluating else "train",
+            val_fraction=task.val_fraction,
+            split_seed=task.split_seed,
+            split_by=task.split_by,
+            dtype=_dtype(config),
+        )
     if task.name == "sinusoid":
         return Sinusoid(
-            shots=task.shots,
+            shots=shots,
             query=query,
             amplitude=task.amplitude,
             phase=task.phase,

@@ -39,6 +39,7 @@ class Learner:
         if initial.dim() != 1 or initial.numel() != layout.numel:
             raise ValueError(f"initial parameters must be a flat vector of {layout.numel} values")
         self.layout = layout
+        self.lr = lr
         self.theta = initial.detach().clone()
         if optimizer == "adam":
             self.optimizer = torch.optim.Adam([self.theta], lr=lr)
@@ -103,4 +104,8 @@ class Learner:
         with torch.no_grad():
             self.theta.copy_(state["theta"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # The configured rate wins over the checkpoint's: a PBT trial resumes another trial's
+        # state with a perturbed outer learning rate (a plain resume cannot change it).
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
         self.version = int(state["version"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,12 +34,14 @@ class LocalEngine:
             config.algorithm.outer_lr,
         )
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def run(self, start: int, stop: int) -> Iterator[dict[str, float]]:
         exp = self.experiment
-        batch = exp.source.sample(self.config.seed, step, range(self.config.train.meta_batch_size))
-        total = exp.algorithm.meta_gradient_sum(self.learner.params(), batch.to(exp.device))
-        self.learner.apply(self.layout.flatten(total.mean(exp.dtype)))
-        return total.mean_stats()
+        tasks = range(self.config.train.meta_batch_size)
+        for step in range(start, stop):
+            batch = exp.source.sample(self.config.seed, step, tasks).to(exp.device)
+            total = exp.algorithm.meta_gradient_sum(self.learner.params(), batch)
+            self.learner.apply(self.layout.flatten(total.mean(exp.dtype)))
+            yield total.mean_stats()
 
     def params(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().clone() for name, p in self.learner.params().items()}

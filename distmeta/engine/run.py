@@ -49,13 +49,17 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None, device: st
     experiment = build_experiment(config, torch.device(device))
     final = folder.load_final()
     params = final.get("params")
-    expected = set(experiment.algorithm.param_names)
-    if not isinstance(params, dict) or set(params) != expected:
+    template = experiment.algorithm.init_params()
+    fits = isinstance(params, dict) and set(params) == set(template)
+    if fits:
+        fits = all(params[name].shape == value.shape for name, value in template.items())
+    if not fits:
         raise CheckpointError(
             f"{folder.describe('final.pt')} does not hold the parameters of this run's "
-            f"{config.algorithm.name} / {config.model.name} model"
+            f"{config.algorithm.name} / {config.model.name} model as configured "
+            "(did an override change the model's shape, e.g. task.ways?)"
         )
-    params = {name: params[name].to(device=device, dtype=experiment.dtype) for name in expected}
+    params = {name: params[name].to(device=device, dtype=experiment.dtype) for name in template}
     with torch.no_grad():
         for name, parameter in experiment.model.named_parameters():
             parameter.copy_(params[name])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -80,14 +80,15 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _check_resumable(run_dir: RunDir, config: ExperimentConfig) -> None:
+def _check_resumable(
+    run_dir: RunDir, config: ExperimentConfig, allow_changes: Iterable[str] = ()
+) -> None:
     stored = config_to_dict(parse_config(run_dir.read_config()))
+    allowed_keys = _RESUMABLE_CHANGES | set(allow_changes)
     changed = [
         key
         for key in _differences(stored, config_to_dict(config))
-        if not any(
-            key == allowed or key.startswith(allowed + ".") for allowed in _RESUMABLE_CHANGES
-        )
+        if not any(key == allowed or key.startswith(allowed + ".") for allowed in allowed_keys)
     ]
     if changed:
         raise ConfigError(
@@ -109,13 +110,18 @@ class _Window:
 
     def add(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
+            if name.endswith("_max"):
+                self.sums[name] = max(self.sums.get(name, value), value)
+            else:
+                self.sums[name] = self.sums.get(name, 0.0) + value
         self.steps += 1
 
     def record(self, step: int, tasks_per_step: int, elapsed: float) -> dict[str, Any]:
         seconds = max(time.perf_counter() - self.started, 1e-9)
         record: dict[str, Any] = {"step": step, "time": round(elapsed, 3)}
-        record.update({name: value / self.steps for name, value in self.sums.items()})
+        for name, value in self.sums.items():
+            keep = name.endswith(("_max", "_count"))
+            record[name] = value if keep else value / self.steps
         record["tasks_per_s"] = self.steps * tasks_per_step / seconds
         return record
 
@@ -140,6 +146,7 @@ def train(
     resume: bool = False,
     callbacks: Sequence[TrainingCallback] = (),
     progress: bool = True,
+    allow_changes: Iterable[str] = (),
 ) -> TrainResult:
     """Meta-train ``config`` into ``run_dir`` on the configured engine.
 
@@ -151,11 +158,14 @@ def train(
             exactly the parameters of an uninterrupted one.
         callbacks: Observers of the run (tracking, tuning).
         progress: Show a progress bar on stderr.
+        allow_changes: Dotted config keys (or sections) a resume may change besides
+            ``train.steps``, ``engine`` and ``tracking``: a PBT trial resumes another trial's
+            checkpoint with perturbed hyperparameters.
     """
     folder = RunDir(run_dir or default_run_dir(config))
     start, checkpoint = 0, None
     if resume:
-        _check_resumable(folder, config)
+        _check_resumable(folder, config, allow_changes)
         checkpoint = folder.latest_checkpoint()
         if checkpoint is None:
             raise RunError(f"--resume: {folder.uri} has no checkpoint to resume from")
@@ -200,8 +210,30 @@ def _loop(
         if bar:
             bar.start()
         while step < train_cfg.steps:
+            boundary = min(
+                (step // train_cfg.checkpoint_every + 1) * train_cfg.checkpoint_every,
+                train_cfg.steps,
+            )
             try:
-                window.add(engine.train_step(step))
+                for metrics in engine.run(step, boundary):
+                    window.add(metrics)
+                    step += 1
+                    if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+                        last = window.record(
+                            step, train_cfg.meta_batch_size, time.perf_counter() - began
+                        )
+                        window.reset()
+                        metrics_log.append(last)
+                        history.append(last)
+                        for callback in callbacks:
+                            callback.on_metrics(last)
+                        if bar:
+                            bar.update(
+                                bar_task,
+                                completed=step,
+                                loss=f"{last['loss']:.4g}",
+                                rate=f"{last['tasks_per_s']:.0f}",
+                            )
             except LearnerRestored as restored:
                 step = restored.step
                 metrics_log.close()
@@ -209,27 +241,10 @@ def _loop(
                 history = [r for r in history if r["step"] <= step]
                 window.reset()
                 continue
-            step += 1
-            done = step == train_cfg.steps
-            if step % train_cfg.log_every == 0 or done:
-                last = window.record(step, train_cfg.meta_batch_size, time.perf_counter() - began)
-                window.reset()
-                metrics_log.append(last)
-                history.append(last)
-                for callback in callbacks:
-                    callback.on_metrics(last)
-                if bar:
-                    bar.update(
-                        bar_task,
-                        completed=step,
-                        loss=f"{last['loss']:.4g}",
-                        rate=f"{last['tasks_per_s']:.0f}",
-                    )
-            if step % train_cfg.checkpoint_every == 0 or done:
-                state = {"engine": engine.state_dict(), "torch_rng": torch.get_rng_state()}
-                name = folder.save_checkpoint(step, state)
-                for callback in callbacks:
-                    callback.on_checkpoint(step, folder, name)
+            state = {"engine": engine.state_dict(), "torch_rng": torch.get_rng_state()}
+            name = folder.save_checkpoint(step, state)
+            for callback in callbacks:
+                callback.on_checkpoint(step, folder, name)
     finally:
         if bar:
             bar.stop()

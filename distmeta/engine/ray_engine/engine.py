@@ -1,0 +1,285 @@
+"""RayEngine: task workers compute slices of each meta-batch, a learner actor applies them."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
+
+from distmeta.config import ExperimentConfig, config_to_dict
+from distmeta.engine.base import LearnerRestored
+from distmeta.engine.experiment import build_experiment
+from distmeta.engine.layout import ParamLayout
+from distmeta.engine.ray_engine.cluster import RayConnection
+from distmeta.engine.ray_engine.learner_actor import LearnerActor
+from distmeta.engine.ray_engine.messages import SliceResult, merge_results
+from distmeta.engine.ray_engine.placement import learner_strategy
+from distmeta.engine.ray_engine.pool import WorkerPool
+from distmeta.engine.rundir import RunDir
+from distmeta.errors import ClusterError, TaskFailedError
+
+__all__ = ["RayEngine"]
+
+_SYNC_STEPS_IN_FLIGHT = 2
+"""Sync steps submitted ahead of the one being finished. Ray runs a learner's calls in
+submission order, so step s+1 still reads the parameters after step s; submitting ahead only
+hides the driver's round trip, which decides the speed of small models."""
+
+_WORKER_START_TIMEOUT_S = 300.0
+
+
+class _SliceLost(Exception):
+    """A slice's result is gone (its worker or node died for good): recompute the step."""
+
+
+# Below these sizes the learner adds all results itself: a tree adds a hop (about a
+# millisecond of task latency per level) and saves nothing (measured in BENCHMARKS.md).
+_TREE_MIN_WORKERS = 4
+_TREE_MIN_PARAMETERS = 1_000_000
+
+
+def _use_tree(reduction: str, workers: int, parameters: int) -> bool:
+    if reduction == "auto":
+        return workers >= _TREE_MIN_WORKERS and parameters >= _TREE_MIN_PARAMETERS
+    return reduction == "tree"
+
+
+@ray.remote(num_cpus=0)
+def _merge_pair(a: SliceResult, b: SliceResult) -> SliceResult:
+    """One node of the reduction tree; Ray runs it where most of its input bytes are."""
+    return merge_results([a, b])
+
+
+def slice_bounds(batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal task ranges of a meta-batch, one per worker (none empty)."""
+    parts = min(batch_size, workers)
+    edges = [batch_size * i // parts for i in range(parts + 1)]
+    return list(pairwise(edges))
+
+
+class RayEngine:
+    """The ``ray`` engine: sync (one exact outer step per meta-batch) or async (bounded
+    staleness), with the learner as a parameter-server actor.
+
+    The driver only passes object references: the learner's parameters go to the workers
+    through the object store, and the workers' results go to the learner without passing
+    through the driver.
+
+    Args:
+        config: The experiment.
+        run_dir: The run's folder; a restarted learner restores its newest checkpoint.
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: RunDir):
+        self.config = config
+        self.connection = RayConnection(config.engine)
+        try:
+            initial = build_experiment(config, torch.device("cpu")).algorithm.init_params()
+            self.layout = ParamLayout.of(initial)
+            spec = config.algorithm
+            self.learner = (
+                ray.remote(LearnerActor)
+                .options(
+                    num_cpus=0,
+                    max_restarts=-1,
+                    max_task_retries=0,
+                    scheduling_strategy=learner_strategy(),
+                )
+                .remote(
+                    self.layout,
+                    self.layout.flatten(initial).numpy(),
+                    spec.outer_optimizer,
+                    spec.outer_lr,
+                    run_dir.uri,
+                )
+            )
+            self.pool = WorkerPool(
+                config.engine, config_to_dict(config), max_in_flight=_SYNC_STEPS_IN_FLIGHT + 1
+            )
+            self.placement = self.pool.wait_ready(timeout=_WORKER_START_TIMEOUT_S)
+        except BaseException:
+            self.connection.close()
+            raise
+        self.tree_reduction = _use_tree(
+            config.engine.reduction, config.engine.workers, self.layout.numel
+        )
+        self._params_ref: ray.ObjectRef | None = None
+        self._next_request = 0
+        self._rejected = 0
+
+    # --- the Engine interface -----------------------------------------------------------------
+
+    def run(self, start: int, stop: int) -> Iterator[dict[str, float]]:
+        if self.config.engine.mode == "sync":
+            return self._run_sync(start, stop)
+        return self._run_async(start, stop)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        message = ray.get(self.learner.params.remote())
+        flat = torch.tensor(message.flat)
+        return {name: p.clone() for name, p in self.layout.unflatten(flat).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "learner": ray.get(self.learner.state_dict.remote()),
+            "next_request": self._next_request,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ray.get(self.learner.load_state_dict.remote(state["learner"]))
+        self._next_request = int(state.get("next_request", 0))
+        self._params_ref = None
+
+    def close(self) -> None:
+        try:
+            if ray.is_initialized():
+                self.pool.close()
+                ray.kill(self.learner, no_restart=True)
+        finally:
+            self.connection.close()
+
+    # --- sync -------------------------------------------------------------------------------
+
+    def _run_sync(self, start: int, stop: int) -> Iterator[dict[str, float]]:
+        """Submit steps ahead, finish them in order; recompute a step whose slice was lost.
+
+        Ray itself restarts a dead worker and retries its request; a slice can still be
+        lost with its node (the result object gone), in which case this step and the ones
+        submitted after it are resubmitted from the learner's current parameters, up to
+        ``engine.max_task_retries`` times per step.
+        """
+        batch_size = self.config.train.meta_batch_size
+        bounds = slice_bounds(batch_size, len(self.pool))
+        params = self._params_ref or self.learner.params.remote()
+        self._params_ref = None  # until this segment finishes cleanly
+        pending: deque[tuple[int, ray.ObjectRef, list[ray.ObjectRef]]] = deque()
+        failures: dict[int, int] = {}
+        step = start
+        try:
+            while step < stop or pending:
+                while step < stop and len(pending) <= _SYNC_STEPS_IN_FLIGHT:
+                    slices = [
+                        self.pool.submit(w, params, step, lo, hi)
+                        for w, (lo, hi) in enumerate(bounds)
+                    ]
+                    merged = self._reduce(slices)
+                    metrics, params = self.learner.apply_sync.remote(step, batch_size, *merged)
+                    pending.append((step, metrics, slices))
+                    step += 1
+                done, metrics_ref, slices = pending.popleft()
+                try:
+                    yield self._finish_sync(done, metrics_ref, slices)
+                except _SliceLost as lost:
+                    failures[done] = failures.get(done, 0) + 1
+                    if failures[done] > self.config.engine.max_task_retries:
+                        raise TaskFailedError(
+                            (self.config.seed, done, 0),
+                            f"a slice of step {done} was lost {failures[done]} times ({lost})",
+                        ) from None
+                    pending.clear()
+                    self.pool.forget_all()
+                    params, step = self.learner.params.remote(), done
+            self._params_ref = params
+        finally:
+            self.pool.forget_all()
+
+    def _finish_sync(
+        self, step: int, metrics_ref: ray.ObjectRef, slices: list[ray.ObjectRef]
+    ) -> dict[str, float]:
+        try:
+            metrics = ray.get(metrics_ref, timeout=self.config.engine.step_timeout_s)
+        except GetTimeoutError:
+            raise self._stalled(step) from None
+        except TaskFailedError as error:
+            raise TaskFailedError(error.task, error.reason) from None
+        except RayActorError as error:
+            if getattr(error, "actor_id", None) == self.learner._actor_id.hex():
+                raise self._learner_restored() from None
+            raise _SliceLost(f"a worker died for good: {type(error).__name__}") from None
+        except ObjectLostError as error:
+            raise _SliceLost(f"{type(error).__name__}") from None
+        finally:
+            self.pool.complete(slices)
+        if not metrics.pop("applied"):
+            raise LearnerRestored(metrics["version"])
+        metrics.pop("version")
+        return metrics
+
+    def _stalled(self, step: int) -> ClusterError:
+        silent = [i for i, healthy in enumerate(self.pool.health()) if not healthy]
+        return ClusterError(
+            f"step {step} waited {self.config.engine.step_timeout_s:g} s (engine.step_timeout_s); "
+            f"workers {silent or 'all answer, the learner does not'} are not answering: can the "
+            "cluster still host engine.workers workers with engine.worker_resources?"
+        )
+
+    def _learner_restored(self) -> LearnerRestored:
+        """Wait for Ray to restart the learner; it restores the newest checkpoint."""
+        self.pool.forget_all()
+        self._params_ref = None
+        return LearnerRestored(ray.get(self.learner.version.options(max_task_retries=-1).remote()))
+
+    def _reduce(self, slices: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
+        """The references the learner receives: the slices, or their reduction tree's root."""
+        if not self.tree_reduction:
+            return slices
+        level = slices
+        while len(level) > 1:
+            merged = [
+                _merge_pair.remote(a, b) for a, b in zip(level[0::2], level[1::2], strict=False)
+            ]
+            level = merged + (level[-1:] if len(level) % 2 else [])
+        return level
+
+    # --- async ------------------------------------------------------------------------------
+
+    def _run_async(self, start: int, stop: int) -> Iterator[dict[str, float]]:
+        """Apply results as they arrive until the learner reaches version ``stop``.
+
+        Each request is a whole meta-batch of tasks ``(seed, r, i)`` for a fresh request
+        number ``r``; results more than ``engine.max_staleness`` versions old are rejected
+        (counted in the next record's ``rejected_count``), accepted ones are damped by
+        staleness. Each worker has one request in flight.
+        """
+        batch = self.config.train.meta_batch_size
+        max_staleness = self.config.engine.max_staleness
+        params = self._params_ref or self.learner.params.remote()
+        version = start
+        for worker in self.pool.idle_workers():
+            self.pool.submit(worker, params, self._next_request, 0, batch, tag=self._next_request)
+            self._next_request += 1
+        while version < stop:
+            ref, worker, _ = self.pool.wait_any(timeout=self.config.engine.step_timeout_s)
+            if ref is None:
+                raise self._stalled(version)
+            outcome_ref, params = self.learner.apply_async.remote(ref, max_staleness)
+            self._params_ref = params
+            self.pool.submit(worker, params, self._next_request, 0, batch, tag=self._next_request)
+            self._next_request += 1
+            try:
+                outcome = ray.get(outcome_ref, timeout=self.config.engine.step_timeout_s)
+            except GetTimeoutError:
+                raise self._stalled(version) from None
+            except TaskFailedError as error:
+                raise TaskFailedError(error.task, error.reason) from None
+            except RayActorError as error:
+                if getattr(error, "actor_id", None) == self.learner._actor_id.hex():
+                    raise self._learner_restored() from None
+                raise
+            if outcome["version"] < version:  # the learner restarted and restored a checkpoint
+                self.pool.forget_all()
+                self._params_ref = None
+                raise LearnerRestored(outcome["version"])
+            if not outcome.pop("accepted"):
+                self._rejected += 1
+                continue
+            version = outcome.pop("version")
+            outcome["rejected_count"] = self._rejected
+            outcome["staleness_max"] = outcome["staleness"]
+            self._rejected = 0
+            yield outcome

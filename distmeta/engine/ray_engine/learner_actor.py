@@ -1,0 +1,104 @@
+"""LearnerActor: the parameter server. Holds the meta-parameters and applies worker results."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from distmeta.engine.layout import ParamLayout
+from distmeta.engine.learner import Learner
+from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult, merge_results
+from distmeta.engine.rundir import RunDir
+
+__all__ = ["LearnerActor"]
+
+
+class LearnerActor:
+    """Wraps :class:`~distmeta.engine.learner.Learner` (one flat fp32 buffer, the outer
+    optimizer, a version) behind Ray.
+
+    Workers' results arrive as arguments resolved by Ray from their object references, so
+    gradients never pass through the driver. When Ray restarts this actor after a crash,
+    it restores the newest checkpoint of the run (or the initial parameters if none was
+    written yet) and the driver rewinds to that step.
+
+    Args:
+        layout: Names and shapes of the meta-parameters.
+        initial: Flat initial meta-parameters.
+        optimizer: ``"adam"`` or ``"sgd"``.
+        lr: Outer learning rate.
+        run_dir: The run's folder (local path or URI), read only after a restart.
+    """
+
+    def __init__(
+        self, layout: ParamLayout, initial: np.ndarray, optimizer: str, lr: float, run_dir: str
+    ):
+        torch.set_num_threads(1)
+        self.learner = Learner(layout, torch.from_numpy(np.array(initial)), optimizer, lr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own property
+            self.restored = ray.get_runtime_context().was_current_actor_reconstructed
+        if self.restored:
+            checkpoint = RunDir(run_dir).latest_checkpoint()
+            if checkpoint is not None:
+                self.learner.load_state_dict(checkpoint["engine"]["learner"])
+
+    def _message(self) -> ParamsMessage:
+        return ParamsMessage(self.learner.version, self.learner.theta.numpy())
+
+    def params(self) -> ParamsMessage:
+        return self._message()
+
+    def version(self) -> int:
+        return self.learner.version
+
+    @ray.method(num_returns=2)
+    def apply_sync(
+        self, step: int, batch_size: int, *results: SliceResult
+    ) -> tuple[dict[str, Any], ParamsMessage]:
+        """Average exactly the tasks ``0..batch_size-1`` of step ``step`` and take one step.
+
+        ``results`` are the workers' slices, or fewer pre-merged by a reduction tree. Does
+        nothing if the learner is not at version ``step`` (a step after a failed one, or a
+        learner just restored from a checkpoint): a step is applied once or not at all.
+        """
+        if self.learner.version != step:
+            return {"applied": False, "version": self.learner.version}, self._message()
+        merged = merge_results(list(results))
+        if (merged.step, merged.version, merged.start, merged.stop) != (step, step, 0, batch_size):
+            raise ValueError(
+                f"step {step}: results cover tasks {merged.start}..{merged.stop - 1} of step "
+                f"{merged.step} at version {merged.version}, not the whole meta-batch"
+            )
+        self.learner.apply(merged.mean_gradient())
+        metrics = {"applied": True, "version": self.learner.version, **merged.mean_stats()}
+        metrics["worker_seconds"] = merged.compute_s
+        return metrics, self._message()
+
+    @ray.method(num_returns=2)
+    def apply_async(
+        self, result: SliceResult, max_staleness: int
+    ) -> tuple[dict[str, Any], ParamsMessage]:
+        """Apply one result as it arrives, unless it is more than ``max_staleness`` old."""
+        if result.version > self.learner.version:  # computed before a restore: a lost future
+            report = {"accepted": False, "staleness": -1, "version": self.learner.version}
+            return report, self._message()
+        outcome = self.learner.apply_stale(result.mean_gradient(), result.version, max_staleness)
+        report = {
+            "accepted": outcome.accepted,
+            "staleness": outcome.staleness,
+            "version": self.learner.version,
+            **result.mean_stats(),
+        }
+        return report, self._message()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        self.learner.load_state_dict(state)
+        return self.learner.version

@@ -1,0 +1,89 @@
+"""What travels between the driver, task workers and the learner (small, versioned)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+import torch
+
+from distmeta.algorithms.gradient import two_sum
+
+__all__ = ["ParamsMessage", "SliceResult", "merge_results"]
+
+
+@dataclass(frozen=True)
+class ParamsMessage:
+    """The meta-parameters at one version: a flat float array read zero-copy by workers."""
+
+    version: int
+    flat: np.ndarray
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """The finished meta-gradient of tasks ``(seed, step, start..stop-1)``.
+
+    ``grad_sum + residual`` is the exact sum of their per-task meta-gradients (see
+    :mod:`distmeta.algorithms.gradient`), computed on the parameters of ``version``.
+    ``stats`` are sums of per-task metrics; ``compute_s`` is the longest time one worker
+    spent computing any part of it (for the overhead benchmark).
+    """
+
+    step: int
+    start: int
+    stop: int
+    version: int
+    grad_sum: np.ndarray
+    residual: np.ndarray
+    stats: dict[str, float]
+    compute_s: float
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+    def mean_gradient(self) -> torch.Tensor:
+        """The mean over the tasks, rounded once from the exact sum."""
+        return (torch.from_numpy(self.grad_sum) + torch.from_numpy(self.residual)) / self.count
+
+    def mean_stats(self) -> dict[str, float]:
+        return {name: value / self.count for name, value in self.stats.items()}
+
+
+def merge_results(results: list[SliceResult]) -> SliceResult:
+    """One result for adjacent slices of the same step and version, added exactly.
+
+    Exact addition makes the merged sum independent of the grouping, so the learner may
+    add all slices itself or receive them pre-merged by a reduction tree and apply the
+    same bits. Raises ``ValueError`` when the slices overlap, leave a gap or disagree.
+    """
+    ordered = sorted(results, key=lambda r: r.start)
+    first = ordered[0]
+    bounds = [(r.start, r.stop) for r in ordered]
+    for before, after in pairwise(ordered):
+        if after.start != before.stop or (after.step, after.version) != (first.step, first.version):
+            raise ValueError(
+                f"step {first.step}: slices {bounds} are not adjacent parts of one step"
+            )
+    if len(ordered) == 1:
+        return first
+    total = torch.from_numpy(first.grad_sum.copy())
+    residual = torch.from_numpy(first.residual.copy())
+    stats = dict(first.stats)
+    for result in ordered[1:]:
+        total, error = two_sum(total, torch.from_numpy(result.grad_sum))
+        residual = residual + torch.from_numpy(result.residual) + error
+        for name, value in result.stats.items():
+            stats[name] += value
+    return SliceResult(
+        first.step,
+        first.start,
+        ordered[-1].stop,
+        first.version,
+        total.numpy(),
+        residual.numpy(),
+        stats,
+        max(r.compute_s for r in ordered),
+    )

@@ -1,0 +1,68 @@
+"""TaskWorker: a Ray actor that computes the meta-gradient of a slice of a meta-batch."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from typing import Any
+
+import ray
+import torch
+
+from distmeta.config import parse_config
+from distmeta.engine.experiment import build_experiment
+from distmeta.engine.layout import ParamLayout
+from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult
+
+__all__ = ["TaskWorker"]
+
+
+class TaskWorker:
+    """Rebuilds tasks from ``(seed, step, index)`` and runs their batched inner loops.
+
+    It never receives tasks: only the parameters (an object-store reference, read zero-copy)
+    and the names of its tasks. With a GPU among its Ray resources it computes on CUDA.
+
+    Args:
+        config: The experiment config as plain data (``config_to_dict``).
+        index: This worker's position in the pool (for logs).
+    """
+
+    def __init__(self, config: dict[str, Any], index: int):
+        self.config = parse_config(config)
+        self.index = index
+        resources = self.config.engine.worker_resources
+        torch.set_num_threads(max(1, math.floor(resources.num_cpus)))
+        use_cuda = resources.num_gpus > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.experiment = build_experiment(self.config, self.device)
+        self.layout = ParamLayout.of(self.experiment.algorithm.init_params())
+
+    def ready(self) -> dict[str, Any]:
+        """Where this worker runs (answers once the actor is constructed)."""
+        return {
+            "index": self.index,
+            "device": str(self.device),
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+        }
+
+    def compute(self, params: ParamsMessage, step: int, start: int, stop: int) -> SliceResult:
+        """The summed meta-gradient of tasks ``(seed, step, start..stop-1)``."""
+        began = time.perf_counter()
+        exp = self.experiment
+        with warnings.catch_warnings():
+            # Object-store arrays are read-only; the parameters are only ever read here.
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.from_numpy(params.flat)
+        theta = self.layout.unflatten(flat.to(self.device, exp.dtype))
+        batch = exp.source.sample(self.config.seed, step, range(start, stop)).to(self.device)
+        total = exp.algorithm.meta_gradient_sum(theta, batch)
+        grad_sum = self.layout.flatten(total.grads).cpu().numpy()
+        residual = self.layout.flatten(total.residuals).cpu().numpy()
+        seconds = time.perf_counter() - began
+        return SliceResult(
+            step, start, stop, params.version, grad_sum, residual, total.stats, seconds
+        )

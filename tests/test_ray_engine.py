@@ -1,0 +1,239 @@
+"""The Ray engine: exact sync steps, async staleness, checkpoints, and surviving failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import actor_pids
+
+import distmeta as dm
+from distmeta.config import parse_config
+from distmeta.engine.layout import ParamLayout
+from distmeta.engine.learner import Learner
+from distmeta.engine.ray_engine import slice_bounds
+from distmeta.engine.ray_engine.messages import SliceResult, merge_results
+from distmeta.engine.rundir import MetricsLog, RunDir
+from distmeta.errors import TaskFailedError
+
+BASE = {
+    "seed": 3,
+    "task": {"shots": 5, "query": 5},
+    "model": {"hidden": [16, 16]},
+    "train": {"steps": 30, "meta_batch_size": 5, "checkpoint_every": 10, "log_every": 5},
+    "tracking": {"enabled": False},
+}
+
+
+def _config(engine=None, **sections):
+    raw = {**BASE, **sections, "engine": {"name": "local", **(engine or {})}}
+    return parse_config(raw)
+
+
+def _ray(workers, **extra):
+    return {"name": "ray", "workers": workers, "worker_resources": {"num_cpus": 0.5}, **extra}
+
+
+def _final(run_dir):
+    return dm.load_run(run_dir).params
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _close(a, b, rtol=1e-6):
+    """Within ``rtol`` of each tensor's largest magnitude."""
+    return all((a[k] - b[k]).abs().max() <= rtol * a[k].abs().max() for k in a)
+
+
+# The per-task loop computes every task alone, so its per-task gradients do not depend on
+# how the meta-batch was split; with the exact reduction the engines then agree bit for bit.
+LOOP = {"execution": "loop", "inner_steps": 2}
+
+
+class _Hook:
+    """Calls ``action`` once, when the given logged step is reached."""
+
+    def __init__(self, step, action):
+        self.step, self.action, self.done = step, action, False
+
+    def on_start(self, *args):
+        pass
+
+    def on_metrics(self, record):
+        if record["step"] >= self.step and not self.done:
+            self.done = True
+            self.action()
+
+    def on_checkpoint(self, *args):
+        pass
+
+    def on_end(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory):
+    """Local-engine runs the Ray runs must reproduce exactly."""
+    root = tmp_path_factory.mktemp("local")
+    runs = {}
+    for algorithm in ("maml", "reptile"):
+        config = _config(algorithm={"name": algorithm, **LOOP})
+        dm.train(config, run_dir=str(root / algorithm), progress=False)
+        runs[algorithm] = _final(root / algorithm)
+    return runs
+
+
+def test_slices_cover_the_meta_batch_in_order():
+    assert slice_bounds(25, 2) == [(0, 12), (12, 25)]
+    assert slice_bounds(3, 5) == [(0, 1), (1, 2), (2, 3)]
+    assert slice_bounds(8, 1) == [(0, 8)]
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sync_ray_equals_local_bit_for_bit(
+    ray_cluster, reference_runs, tmp_path, algorithm, workers
+):
+    config = _config(_ray(workers), algorithm={"name": algorithm, **LOOP})
+    dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    assert _same(reference_runs[algorithm], _final(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_vectorised_ray_matches_local_within_float_rounding(ray_cluster, tmp_path, algorithm):
+    """vmap's kernels may round a task's gradient differently in a batch of another size."""
+    runs = {}
+    for name, engine in (("local", None), ("ray", _ray(2))):
+        config = _config(engine, algorithm={"name": algorithm, "execution": "vmap"})
+        dm.train(config, run_dir=str(tmp_path / name), progress=False)
+        runs[name] = _final(tmp_path / name)
+    assert _close(runs["local"], runs["ray"])
+
+
+def test_tree_reduction_applies_the_same_bits_as_flat(ray_cluster, reference_runs, tmp_path):
+    config = _config(_ray(3, reduction="tree"), algorithm={"name": "maml", **LOOP})
+    dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    assert _same(reference_runs["maml"], _final(tmp_path / "run"))
+
+
+def test_merging_refuses_slices_that_do_not_fit_together():
+    def part(start, stop, step=0):
+        zeros = np.zeros(3)
+        return SliceResult(step, start, stop, step, zeros, zeros, {"loss": 1.0}, 0.1)
+
+    assert merge_results([part(2, 5), part(0, 2)]).count == 5
+    with pytest.raises(ValueError, match="not adjacent"):
+        merge_results([part(0, 2), part(3, 5)])
+    with pytest.raises(ValueError, match="not adjacent"):
+        merge_results([part(0, 2), part(2, 4, step=1)])
+
+
+def test_resume_from_a_ray_checkpoint_on_either_engine(ray_cluster, reference_runs, tmp_path):
+    cut = _config(_ray(2), algorithm={"name": "maml", **LOOP}, train={**BASE["train"], "steps": 20})
+    dm.train(cut, run_dir=str(tmp_path / "a"), progress=False)
+    dm.train(cut, run_dir=str(tmp_path / "b"), progress=False)
+    whole_ray = _config(_ray(2), algorithm={"name": "maml", **LOOP})
+    whole_local = _config(algorithm={"name": "maml", **LOOP})
+    dm.train(whole_ray, run_dir=str(tmp_path / "a"), resume=True, progress=False)
+    dm.train(whole_local, run_dir=str(tmp_path / "b"), resume=True, progress=False)
+    assert _same(reference_runs["maml"], _final(tmp_path / "a"))
+    assert _same(reference_runs["maml"], _final(tmp_path / "b"))
+
+
+def test_sigkill_of_a_worker_mid_run_gives_the_unfaulted_parameters(
+    ray_cluster, reference_runs, tmp_path
+):
+    killed = []
+
+    def kill_a_worker():
+        pids = actor_pids(ray_cluster, "TaskWorker")
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        killed.append(pids[0])
+
+    config = _config(_ray(2), algorithm={"name": "maml", **LOOP})
+    dm.train(
+        config, run_dir=str(tmp_path / "run"), callbacks=[_Hook(15, kill_a_worker)], progress=False
+    )
+    assert killed
+    assert _same(reference_runs["maml"], _final(tmp_path / "run"))
+
+
+def test_a_dead_learner_is_restored_from_the_last_checkpoint(ray_cluster, reference_runs, tmp_path):
+    def kill_the_learner():
+        pids = actor_pids(ray_cluster, "LearnerActor")
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+        time.sleep(0.5)  # let Ray notice before the next step is submitted
+
+    config = _config(_ray(2), algorithm={"name": "maml", **LOOP})
+    dm.train(
+        config,
+        run_dir=str(tmp_path / "run"),
+        callbacks=[_Hook(15, kill_the_learner)],
+        progress=False,
+    )
+    assert _same(reference_runs["maml"], _final(tmp_path / "run"))
+    steps = [r["step"] for r in MetricsLog.read(RunDir(tmp_path / "run"))]
+    assert steps == [5, 10, 15, 20, 25, 30]
+
+
+def test_a_task_that_keeps_failing_fails_the_run_naming_it(ray_cluster, tmp_path):
+    # Amplitudes near float32's limit make every task's loss infinite.
+    config = _config(
+        _ray(2, max_task_retries=1), task={"shots": 5, "query": 5, "amplitude": [1e37, 3e38]}
+    )
+    with pytest.raises(TaskFailedError, match=r"\(3, 0, \d+\).*not finite"):
+        dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+
+
+def test_async_mode_converges_and_reports_staleness(ray_cluster, tmp_path):
+    config = _config(
+        _ray(2, mode="async", max_staleness=2),
+        train={"steps": 400, "meta_batch_size": 10, "checkpoint_every": 200, "log_every": 50},
+        algorithm={"name": "maml", "outer_lr": 0.003},
+        eval={"tasks": 200, "query": 50},
+    )
+    result = dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    run = dm.load_run(tmp_path / "run")
+    untrained = dm.engine.build_experiment(run.config).algorithm  # initialisation from the seed
+    curve = untrained.adaptation_curve(untrained.init_params(), _eval_tasks(run), 1)
+    trained = dm.evaluate(run, steps=1).loss[1]
+    assert trained < 0.8 * curve[:, 1, 0].mean().item()
+    for record in result.history:
+        assert {"staleness", "staleness_max", "rejected_count"} <= record.keys()
+        assert 0 <= record["staleness"] <= record["staleness_max"] <= 2
+    assert any(record["staleness_max"] >= 1 for record in result.history)
+
+
+def _eval_tasks(run):
+    source = dm.engine.build_task_source(run.config, split="eval")
+    return source.sample(run.config.seed + 1, 0, range(200))
+
+
+def test_async_results_older_than_the_bound_are_rejected(ray_cluster, tmp_path):
+    config = _config(
+        _ray(2, mode="async", max_staleness=0),
+        train={"steps": 40, "meta_batch_size": 5, "checkpoint_every": 40, "log_every": 10},
+    )
+    result = dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    assert sum(r["rejected_count"] for r in result.history) > 0
+    assert all(r["staleness_max"] == 0 for r in result.history)
+
+
+def test_learner_damps_and_rejects_stale_results():
+    layout = ParamLayout(("w",), ((3,),))
+    learner = Learner(layout, torch.zeros(3), "sgd", lr=1.0)
+    assert learner.apply_stale(torch.ones(3), read_version=0, max_staleness=1).accepted
+    outcome = learner.apply_stale(torch.ones(3), read_version=0, max_staleness=1)
+    assert outcome.accepted and outcome.staleness == 1
+    torch.testing.assert_close(learner.theta, torch.full((3,), -1.5))
+    outcome = learner.apply_stale(torch.ones(3), read_version=0, max_staleness=1)
+    assert not outcome.accepted and outcome.staleness == 2
+    assert learner.version == 2
