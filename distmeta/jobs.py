@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+AGENT_WAIT_S = 60.0
+"""How long a submission waits for the head's job agent, which comes up seconds after the
+dashboard answers (a freshly started head refuses jobs with "No available agent")."""
 
 
 def job_client(address: str | None):
@@ -98,14 +102,19 @@ def submit_run(
         ) from None
     env_vars = {"MLFLOW_TRACKING_URI": mlflow_uri} if mlflow_uri else {}
     client = job_client(address)
-    try:
-        return client.submit_job(
-            entrypoint=entrypoint(command, relative.as_posix(), overrides, mlflow_uri, run_dir),
-            runtime_env={"working_dir": str(root), "env_vars": env_vars},
-            metadata={"distmeta_config": relative.as_posix()},
-        )
-    except Exception as error:
-        raise ClusterError(f"the cluster refused the job: {_first_line(error)}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=entrypoint(command, relative.as_posix(), overrides, mlflow_uri, run_dir),
+                runtime_env={"working_dir": str(root), "env_vars": env_vars},
+                metadata={"distmeta_config": relative.as_posix()},
+            )
+        except Exception as error:
+            if "No available agent" in str(error) and time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            raise ClusterError(f"the cluster refused the job: {_first_line(error)}") from None
 
 
 def follow_logs(address: str | None, job_id: str, out: TextIO = sys.stdout) -> str:
