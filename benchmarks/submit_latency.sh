@@ -8,6 +8,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
 RAY_AUTH_TOKEN=$(python -c "import secrets; print(secrets.token_hex(16))")
 work=$(mktemp -d)
+# A private Ray temp folder: the address file `ray start` leaves there must not outlive the head.
+RAY_TMPDIR=$(mktemp -d /tmp/rhXXXX)
+export RAY_TMPDIR
 cat > "$work/sinusoid.yaml" <<'YAML'
 task: {shots: 10, query: 10}
 train: {steps: 100, meta_batch_size: 25, checkpoint_every: 100, log_every: 50}
@@ -17,7 +20,7 @@ began=$(date +%s.%N)
 setsid ray start --head --block --node-ip-address=127.0.0.1 --port=6391 \
   --dashboard-host=127.0.0.1 --dashboard-port=8291 --disable-usage-stats > "$work/head.log" 2>&1 &
 head=$!
-trap 'kill -TERM -- -$head 2>/dev/null; sleep 5; kill -KILL -- -$head 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill -TERM -- -$head 2>/dev/null; sleep 5; kill -KILL -- -$head 2>/dev/null; rm -rf "$work" "$RAY_TMPDIR"' EXIT
 until python -c "from ray.job_submission import JobSubmissionClient as C; C('http://127.0.0.1:8291').get_version()" 2>/dev/null; do sleep 0.5; done
 ready=$(date +%s.%N)
 (cd "$work" && distmeta submit --address http://127.0.0.1:8291 sinusoid.yaml --wait \

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +242,29 @@ def test_learner_damps_and_rejects_stale_results():
     outcome = learner.apply_stale(torch.ones(3), read_version=0, max_staleness=1)
     assert not outcome.accepted and outcome.staleness == 2
     assert learner.version == 2
+
+
+def test_without_an_address_a_new_local_ray_starts_even_after_a_dead_ray_start(tmp_path):
+    """`ray start` leaves its address in <ray temp>/ray/ray_current_cluster; when that head has
+    died, Ray's own default would wait for it forever. distmeta starts its own instance."""
+    temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths have a limit
+    try:
+        Path(temp, "ray").mkdir()
+        Path(temp, "ray", "ray_current_cluster").write_text("127.0.0.1:1\n")
+        script = (
+            "import ray\n"
+            "from distmeta.config import EngineConfig\n"
+            "from distmeta.engine.ray_engine.cluster import RayConnection\n"
+            "connection = RayConnection(EngineConfig(name='ray'))\n"
+            "print('started', ray.get(ray.put(7)))\n"
+            "connection.close()\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_TMPDIR"] = temp
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "started 7" in done.stdout
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,10 +42,15 @@ def _stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """`ray start --head --block` on 127.0.0.1 in its own process group, token auth on."""
+    """`ray start --head --block` on 127.0.0.1 in its own process group, token auth on.
+
+    Its Ray temp folder is private (short: socket paths have a length limit), so the address
+    file that `ray start` leaves behind never points this machine's next `ray.init` at it."""
     folder = tmp_path_factory.mktemp("head")
+    ray_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     env = dict(os.environ)
     env.update(
+        RAY_TMPDIR=ray_tmp,
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(16),
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -65,6 +72,7 @@ def ray_head(tmp_path_factory):
     finally:
         _stop_group(head)
         log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _wait_for_dashboard(address: str, env: dict, head: subprocess.Popen, timeout_s=90.0) -> None:

@@ -30,6 +30,7 @@ class RayConnection:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             ray.init(
+                address="local",  # never the last `ray start`'s cluster, which may be dead
                 _node_ip_address="127.0.0.1",
                 include_dashboard=False,
                 logging_level=logging.WARNING,
