@@ -27,8 +27,8 @@ is repeated (``--quiet``, ``--tries``): their load slows multi-threaded runs man
 
 Needs the benchmark-only environment of ``benchmarks/setup_baselines.sh``::
 
-    bash benchmarks/setup_baselines.sh /work/bench-venv
-    /work/bench-venv/bin/python benchmarks/omniglot_maml_speed.py --threads 2 --repeats 5
+    bash benchmarks/setup_baselines.sh            # into benchmarks/.venv
+    benchmarks/.venv/bin/python benchmarks/omniglot_maml_speed.py --threads 2 --repeats 5
 """
 
 from __future__ import annotations
