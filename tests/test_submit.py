@@ -60,6 +60,13 @@ def ray_head(tmp_path_factory):
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
         f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         "--disable-usage-stats", "--num-cpus=2",
+        # Ray's fixed default ports would collide with the session's test cluster: its job
+        # agent then never comes up ("No available agent to submit job").
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--ray-client-server-port={_free_port()}",
     ]  # fmt: skip
     log = (folder / "head.log").open("w")
     head = subprocess.Popen(
