@@ -244,7 +244,7 @@ def test_learner_damps_and_rejects_stale_results():
     assert learner.version == 2
 
 
-def test_without_an_address_a_new_local_ray_starts_even_after_a_dead_ray_start(tmp_path):
+def test_without_an_address_a_new_local_ray_starts_even_after_a_dead_ray_start():
     """`ray start` leaves its address in <ray temp>/ray/ray_current_cluster; when that head has
     died, Ray's own default would wait for it forever. distmeta starts its own instance."""
     temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths have a limit
