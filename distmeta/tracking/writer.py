@@ -18,6 +18,7 @@ here.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterable
@@ -56,6 +57,9 @@ def main(argv: list[str]) -> int:
     """``writer.py TRACKING_URI RUN_ID``: serve stdin until it closes."""
     # A Ctrl-C meant for training reaches the whole process group; what was queued still goes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # It only has to keep up, not to be fast: where cores are scarce, training comes first.
+    if hasattr(os, "nice"):
+        os.nice(10)
     import logging
     import warnings
 
