@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +24,7 @@ import yaml
 
 from distmeta.config import ExperimentConfig, config_to_dict
 from distmeta.errors import RunError
+from distmeta.tracking.quiet import temporary_environment
 from distmeta.tune.space import (
     SearchPlan,
     base_config,
@@ -89,20 +88,6 @@ class SearchResult:
 def default_search_dir() -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return str(Path("runs") / f"tune-{stamp}")
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _trial_name(trial) -> str:
@@ -263,7 +248,7 @@ def _fit(
     )
     # Trials keep the driver's working directory: relative paths (task.path) resolve as they
     # do for `distmeta train`.
-    with _environment({"RAY_CHDIR_TO_TRIAL_DIR": "0"}):
+    with temporary_environment({"RAY_CHDIR_TO_TRIAL_DIR": "0"}):
         return tuner.fit()
 
 
