@@ -103,3 +103,23 @@ def server(tmp_path_factory):
 
     with tracking_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
+
+
+class StopAt:
+    """A callback that interrupts training after a given logged step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_start(self, *args):
+        pass
+
+    def on_metrics(self, record):
+        if record["step"] >= self.step:
+            raise KeyboardInterrupt
+
+    def on_checkpoint(self, *args):
+        pass
+
+    def on_end(self, *args):
+        pass

@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import StopAt
 
 import distmeta as dm
 from distmeta.engine.rundir import MetricsLog, RunDir
 from distmeta.errors import CheckpointError, ConfigError, RunError
-
-
-class _StopAt:
-    """A callback that interrupts training after a given logged step."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_start(self, *args):
-        pass
-
-    def on_metrics(self, record):
-        if record["step"] >= self.step:
-            raise KeyboardInterrupt
-
-    def on_checkpoint(self, *args):
-        pass
-
-    def on_end(self, *args):
-        pass
 
 
 def _final(run_dir):
@@ -55,7 +36,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, tiny_sinusoid_conf
     )
     dm.train(config, run_dir=str(tmp_path / "whole"), progress=False)
     with pytest.raises(KeyboardInterrupt):
-        dm.train(config, run_dir=str(tmp_path / "cut"), callbacks=[_StopAt(15)], progress=False)
+        dm.train(config, run_dir=str(tmp_path / "cut"), callbacks=[StopAt(15)], progress=False)
     assert RunDir(tmp_path / "cut").checkpoint_steps() == [5, 10]
     dm.train(config, run_dir=str(tmp_path / "cut"), resume=True, progress=False)
     whole, cut = _final(tmp_path / "whole"), _final(tmp_path / "cut")

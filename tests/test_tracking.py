@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import StopAt
 from imagesets import synthetic_image_set
 from mlflow import MlflowClient
 from mlflow_service import MLFLOW
@@ -426,30 +427,12 @@ def test_default_store_is_sqlite_in_the_working_directory_and_resume_continues_t
     assert steps == [5, 10, 15, 20, 25, 30]
 
 
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_start(self, *args):
-        pass
-
-    def on_metrics(self, record):
-        if record["step"] >= self.step:
-            raise KeyboardInterrupt
-
-    def on_checkpoint(self, *args):
-        pass
-
-    def on_end(self, *args):
-        pass
-
-
 def test_an_interrupted_run_ends_killed_with_its_metrics(tmp_path, local_store):
     uri = local_store
     config = dm.config.parse_config({**TINY, "tracking": {"uri": uri}})
     with pytest.raises(KeyboardInterrupt), MLflowTracker(config) as tracker:
         dm.train(
-            config, run_dir=str(tmp_path / "run"), callbacks=[tracker, _StopAt(10)], progress=False
+            config, run_dir=str(tmp_path / "run"), callbacks=[tracker, StopAt(10)], progress=False
         )
     client = MlflowClient(uri)
     assert client.get_run(tracker.run_id).info.status == "KILLED"
