@@ -35,6 +35,7 @@ __all__ = [
     "ExperimentConfig",
     "FewShotTaskConfig",
     "MLPConfig",
+    "OuterLRDecay",
     "PBTConfig",
     "SearchDimension",
     "SinusoidTaskConfig",
@@ -134,6 +135,18 @@ class Conv4Config(_Section):
 ModelConfig = Annotated[MLPConfig | Conv4Config, Field(discriminator="name")]
 
 
+class OuterLRDecay(_Section):
+    """Anneals the outer learning rate: ``outer_lr`` until step ``start``, then down to
+    ``final`` x ``outer_lr`` at ``train.steps``. Holding the rate and annealing at the end
+    lets a run be extended from any checkpoint before ``start`` with the same result."""
+
+    shape: Literal["cosine", "linear"] = "cosine"
+    start: NonNegativeInt = 0
+    """The first step with a lower rate; earlier steps use ``outer_lr``."""
+    final: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """The rate reached at ``train.steps``, as a fraction of ``outer_lr``."""
+
+
 class AlgorithmConfig(_Section):
     """The meta-learning algorithm and its inner and outer loops."""
 
@@ -144,6 +157,8 @@ class AlgorithmConfig(_Section):
     """Inner-loop steps per task during meta-training."""
     outer_lr: PositiveFloat = 0.001
     outer_optimizer: Literal["adam", "sgd"] = "adam"
+    outer_lr_decay: OuterLRDecay | None = None
+    """``None`` keeps ``outer_lr`` for the whole run."""
     execution: Literal["auto", "loop", "vmap"] = "auto"
     """How tasks of a batch run: ``auto`` picks by model and device (see BENCHMARKS.md)."""
     compile: bool = False
@@ -354,6 +369,16 @@ class ExperimentConfig(_Section):
                 if isinstance(raw.get(section), dict) and "name" not in raw[section]:
                     raw[section] = {"name": kind, **raw[section]}
         return raw
+
+    @model_validator(mode="after")
+    def _decay_within_run(self) -> ExperimentConfig:
+        decay = self.algorithm.outer_lr_decay
+        if decay is not None and decay.start >= self.train.steps:
+            raise ValueError(
+                f"algorithm.outer_lr_decay.start ({decay.start}) must be below train.steps "
+                f"({self.train.steps}): the decay would never begin"
+            )
+        return self
 
 
 _UNION_FIELDS = {"task", "model"}

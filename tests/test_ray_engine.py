@@ -127,6 +127,13 @@ def test_tree_reduction_applies_the_same_bits_as_flat(ray_cluster, reference_run
     assert _same(reference_runs["maml"], _final(tmp_path / "run"))
 
 
+def test_the_learner_actor_follows_the_outer_lr_schedule(ray_cluster, tmp_path):
+    algorithm = {"name": "maml", **LOOP, "outer_lr_decay": {"start": 10, "final": 0.1}}
+    for name, engine in (("local", None), ("ray", _ray(2))):
+        dm.train(_config(engine, algorithm=algorithm), run_dir=str(tmp_path / name), progress=False)
+    assert _same(_final(tmp_path / "local"), _final(tmp_path / "ray"))
+
+
 def test_merging_refuses_slices_that_do_not_fit_together():
     def part(start, stop, step=0):
         zeros = np.zeros(3)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from distmeta.engine.layout import ParamLayout
+from distmeta.engine.schedule import OuterLRSchedule
 
 __all__ = ["Learner", "StaleResult"]
 
@@ -32,14 +33,21 @@ class Learner:
         layout: Names and shapes of the meta-parameters inside the flat buffer.
         initial: Flat initial meta-parameters; the learner keeps its own copy.
         optimizer: ``"adam"`` or ``"sgd"``.
-        lr: Outer learning rate.
+        lr: Outer learning rate, or its schedule over the versions.
     """
 
-    def __init__(self, layout: ParamLayout, initial: torch.Tensor, optimizer: str, lr: float):
+    def __init__(
+        self,
+        layout: ParamLayout,
+        initial: torch.Tensor,
+        optimizer: str,
+        lr: float | OuterLRSchedule,
+    ):
         if initial.dim() != 1 or initial.numel() != layout.numel:
             raise ValueError(f"initial parameters must be a flat vector of {layout.numel} values")
         self.layout = layout
-        self.lr = lr
+        self.schedule = lr if isinstance(lr, OuterLRSchedule) else OuterLRSchedule(lr)
+        lr = self.schedule(0)
         self.theta = initial.detach().clone()
         if optimizer == "adam":
             self.optimizer = torch.optim.Adam([self.theta], lr=lr)
@@ -62,6 +70,8 @@ class Learner:
             )
         gradient = mean_gradient.to(device=self.theta.device, dtype=self.theta.dtype)
         self.theta.grad = gradient if scale == 1.0 else gradient * scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule(self.version)
         self.optimizer.step()
         self.theta.grad = None
         self.version += 1
@@ -103,9 +113,7 @@ class Learner:
             raise ValueError("checkpoint parameters do not match this experiment's model")
         with torch.no_grad():
             self.theta.copy_(state["theta"])
+        # The configured rate wins over the checkpoint's (each step sets it from the schedule):
+        # a PBT trial resumes another trial's state with a perturbed outer learning rate.
         self.optimizer.load_state_dict(state["optimizer"])
-        # The configured rate wins over the checkpoint's: a PBT trial resumes another trial's
-        # state with a perturbed outer learning rate (a plain resume cannot change it).
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
         self.version = int(state["version"])

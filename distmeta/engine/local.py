@@ -11,6 +11,7 @@ from distmeta.config import ExperimentConfig
 from distmeta.engine.experiment import build_experiment
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
+from distmeta.engine.schedule import OuterLRSchedule
 
 __all__ = ["LocalEngine"]
 
@@ -31,7 +32,7 @@ class LocalEngine:
             self.layout,
             self.layout.flatten(initial),
             config.algorithm.outer_optimizer,
-            config.algorithm.outer_lr,
+            OuterLRSchedule.of(config),
         )
 
     def run(self, start: int, stop: int) -> Iterator[dict[str, float]]:

@@ -21,6 +21,7 @@ from distmeta.engine.ray_engine.messages import SliceResult, merge_results
 from distmeta.engine.ray_engine.placement import learner_strategy
 from distmeta.engine.ray_engine.pool import WorkerPool
 from distmeta.engine.rundir import RunDir
+from distmeta.engine.schedule import OuterLRSchedule
 from distmeta.errors import ClusterError, TaskFailedError
 
 __all__ = ["RayEngine"]
@@ -81,7 +82,6 @@ class RayEngine:
         try:
             initial = build_experiment(config, torch.device("cpu")).algorithm.init_params()
             self.layout = ParamLayout.of(initial)
-            spec = config.algorithm
             self.learner = (
                 ray.remote(LearnerActor)
                 .options(
@@ -93,8 +93,8 @@ class RayEngine:
                 .remote(
                     self.layout,
                     self.layout.flatten(initial).numpy(),
-                    spec.outer_optimizer,
-                    spec.outer_lr,
+                    config.algorithm.outer_optimizer,
+                    OuterLRSchedule.of(config),
                     run_dir.uri,
                 )
             )

@@ -13,6 +13,7 @@ from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
 from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult, merge_results
 from distmeta.engine.rundir import RunDir
+from distmeta.engine.schedule import OuterLRSchedule
 
 __all__ = ["LearnerActor"]
 
@@ -30,12 +31,17 @@ class LearnerActor:
         layout: Names and shapes of the meta-parameters.
         initial: Flat initial meta-parameters.
         optimizer: ``"adam"`` or ``"sgd"``.
-        lr: Outer learning rate.
+        lr: Outer learning rate (schedule).
         run_dir: The run's folder (local path or URI), read only after a restart.
     """
 
     def __init__(
-        self, layout: ParamLayout, initial: np.ndarray, optimizer: str, lr: float, run_dir: str
+        self,
+        layout: ParamLayout,
+        initial: np.ndarray,
+        optimizer: str,
+        lr: float | OuterLRSchedule,
+        run_dir: str,
     ):
         torch.set_num_threads(1)
         self.learner = Learner(layout, torch.from_numpy(np.array(initial)), optimizer, lr)
