@@ -87,6 +87,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--eval-seed", type=int, default=1_000_003)
     parser.add_argument("--adapt-steps", type=int, default=1)
+    parser.add_argument(
+        "--baseline-run",
+        help="a finished run of --baseline to measure instead of training it again (its "
+        "checkpoints must include the step the best run reaches for that comparison)",
+    )
     parser.add_argument("--retrain", action="store_true", help="also train the best config")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for the runs (default: a temporary one)")
@@ -113,9 +118,12 @@ def main() -> None:
         return measure(run_dir, args.tasks, args.eval_seed, args.adapt_steps, at_step)
 
     numbers: dict[str, dict] = {}
-    seconds = train(baseline, str(root / "handpicked"))
+    handpicked = args.baseline_run or str(root / "handpicked")
+    seconds = math.nan
+    if args.baseline_run is None:
+        seconds = train(baseline, handpicked)
     numbers["handpicked"] = {
-        **score(str(root / "handpicked")),
+        **score(handpicked),
         "steps": baseline.train.steps,
         "wall_s": seconds,
     }
@@ -124,7 +132,7 @@ def main() -> None:
     started = time.perf_counter()
     result = run_search(search, str(root / "search"), config_file=args.search, progress=False)
     seconds = time.perf_counter() - started
-    used = sum(t.step for t in result.trials)
+    used = result.steps
     best = result.best
     numbers["searched"] = {
         **score(best.run_dir),
@@ -139,9 +147,11 @@ def main() -> None:
     }
     print(
         describe(
-            "searched (best trial)",
+            "searched (best run)",
             numbers["searched"],
-            f"{len(result.trials)} trials, {used} steps in all "
+            f"{len(result.trials)} trials"
+            + (" and the best one continued" if best.status == "continued" else "")
+            + f", {used} steps in all "
             f"({used / baseline.train.steps:.2f}x hand-picked), {seconds:.0f} s; best "
             + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -151,14 +161,29 @@ def main() -> None:
         flush=True,
     )
 
-    numbers["handpicked_at_best_step"] = {
-        **score(str(root / "handpicked"), best.step),
-        "steps": best.step,
-    }
-    print(
-        describe(f"hand-picked at step {best.step}", numbers["handpicked_at_best_step"], ""),
-        flush=True,
-    )
+    if best.status == "continued":
+        trial = next(t for t in result.trials if f"{t.name}-continued" == best.name)
+        numbers["best_trial_before_continuation"] = {
+            **score(trial.run_dir),
+            "steps": trial.step,
+        }
+        print(
+            describe(
+                f"its trial at step {trial.step}", numbers["best_trial_before_continuation"], ""
+            ),
+            flush=True,
+        )
+
+    folder = RunDir(handpicked)
+    if folder.exists(folder.checkpoint_name(best.step)):
+        numbers["handpicked_at_best_step"] = {
+            **score(handpicked, best.step),
+            "steps": best.step,
+        }
+        print(
+            describe(f"hand-picked at step {best.step}", numbers["handpicked_at_best_step"], ""),
+            flush=True,
+        )
 
     if args.retrain:
         config = load_config(

@@ -29,6 +29,7 @@ from distmeta.errors import ConfigError
 __all__ = [
     "ASHAConfig",
     "AlgorithmConfig",
+    "ContinueBest",
     "Conv4Config",
     "EngineConfig",
     "EvalConfig",
@@ -293,6 +294,19 @@ class PBTConfig(_Section):
     """Reports between two exploit/explore decisions of a trial."""
 
 
+class ContinueBest(_Section):
+    """After the search, the best trial trains on from its last checkpoint with the steps the
+    trials left of ``budget_steps`` (ASHA's early stops leave some), its outer learning rate
+    annealed over them: the search spends exactly its budget."""
+
+    budget_steps: PositiveInt
+    """Training steps of the whole search: every trial's plus the continuation's."""
+    decay: Literal["cosine", "linear", "none"] = "cosine"
+    """How the outer rate falls over the continuation (``algorithm.outer_lr_decay``)."""
+    final: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """The rate at the last step, as a fraction of the trial's ``outer_lr``."""
+
+
 class TuneConfig(_Section):
     """A hyperparameter search over this config (``distmeta tune``; ``distmeta train`` ignores
     it). Every trial is a full training of the config with the sampled values; it reports the
@@ -325,6 +339,8 @@ class TuneConfig(_Section):
     """Seed of the search algorithm (not of the trials' training, which is ``seed``)."""
     asha: ASHAConfig = ASHAConfig()
     pbt: PBTConfig = PBTConfig()
+    continue_best: ContinueBest | None = None
+    """``None``: the search ends with its trials."""
 
     @property
     def resolved_mode(self) -> Literal["min", "max"]:

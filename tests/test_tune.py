@@ -26,6 +26,8 @@ from distmeta.tune import run_search
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = 4
+BUDGET = 200
+"""Training steps of the ASHA search; the best trial continues with what its trials leave."""
 BAD_LRS = (1.0, 2.0)
 """Outer learning rates so large that Adam throws the parameters around: worse than the good
 ones at the first report already, but finite."""
@@ -61,7 +63,10 @@ def _config(**sections) -> dm.ExperimentConfig:
 def asha_search(ray_cluster, server, tmp_path_factory):
     """The 4-trial ASHA search, tracked in the test server."""
     root = tmp_path_factory.mktemp("asha")
-    config = _config(tracking={"enabled": True, "uri": server, "experiment": "tune-tests"})
+    config = _config(
+        tracking={"enabled": True, "uri": server, "experiment": "tune-tests"},
+        tune={**TINY["tune"], "continue_best": {"budget_steps": BUDGET}},
+    )
     result = run_search(config, str(root / "search"), progress=False)
     return {"result": result, "uri": server}
 
@@ -74,12 +79,13 @@ def test_asha_search_stops_the_bad_trials_early(asha_search):
         assert by_lr[lr].status == "stopped" and by_lr[lr].reports < REPORTS, by_lr[lr]
     assert any(t.status == "completed" and t.reports == REPORTS for t in result.trials)
     assert result.best.values["algorithm.outer_lr"] not in BAD_LRS
+    assert result.best.status == "continued" and result.steps == BUDGET
     assert all(t.error is None and math.isfinite(t.metrics["val_loss"]) for t in result.trials)
 
     with open(f"{result.search_dir}/trials.csv") as stream:
         rows = list(csv.DictReader(stream))
-    assert {row["trial"] for row in rows} == {t.name for t in result.trials}
-    assert {row["status"] for row in rows} >= {"stopped", "completed"}
+    assert {row["trial"] for row in rows} == {t.name for t in result.trials} | {result.best.name}
+    assert {row["status"] for row in rows} == {"stopped", "completed", "continued"}
     for trial in result.trials:  # each trial's run folder is an ordinary run folder
         assert RunDir(trial.run_dir).checkpoint_steps()[-1] == trial.step
 
@@ -99,8 +105,9 @@ def test_every_trial_is_a_child_run_of_the_search(asha_search):
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
     )
-    assert len(children) == 4
     by_trial = {child.data.tags["distmeta.tune.trial"]: child for child in children}
+    assert set(by_trial) == {t.name for t in result.trials} | {result.best.name}
+    assert by_trial[result.best.name].info.status == "FINISHED"
     for trial in result.trials:
         child = by_trial[trial.name]
         assert child.info.run_id == links[trial.name].run_id
@@ -110,6 +117,23 @@ def test_every_trial_is_a_child_run_of_the_search(asha_search):
         assert child.info.status == expected, (trial, child.info)
         # The tracking URI the trials used is absolute: the server, not a folder in the trial.
         assert links[trial.name].tracking_uri == asha_search["uri"]
+
+
+def test_the_best_trial_continues_with_the_steps_the_trials_left(asha_search):
+    """ASHA stopped the bad trials early; the best trial resumes its last checkpoint and
+    trains the rest of the budget with its outer learning rate annealed."""
+    result = asha_search["result"]
+    trial_steps = sum(t.step for t in result.trials)
+    assert trial_steps < BUDGET
+    name = result.best.name.removesuffix("-continued")
+    trial = next(t for t in result.trials if t.name == name)
+    assert trial.metrics["val_loss"] == min(t.metrics["val_loss"] for t in result.trials)
+    continued = dm.load_run(result.best.run_dir)
+    assert continued.step == result.best.step == trial.step + BUDGET - trial_steps
+    decay = continued.config.algorithm.outer_lr_decay
+    assert decay.start == trial.step and decay.shape == "cosine" and decay.final == 0.0
+    assert RunDir(result.best.run_dir).checkpoint_steps()[0] == trial.step
+    assert math.isfinite(result.best.metrics["val_loss"])
 
 
 def test_best_config_trains_to_the_reported_metric(asha_search, tmp_path):
@@ -274,6 +298,16 @@ def test_list_choices_reach_the_trials_as_lists():
             {"algorithm.inner_lr": {"type": "choice", "values": [0.01]}},
             {"asha": {"grace_period": 5}},
             "tune.asha.grace_period: 5 reports, but a trial makes 4",
+        ),
+        (
+            {"algorithm.outer_lr_decay.final": {"type": "uniform", "low": 0.0, "high": 0.5}},
+            {"continue_best": {"budget_steps": 200}},
+            "tune.continue_best: it anneals the outer learning rate of the continued trial",
+        ),
+        (
+            {"algorithm.inner_lr": {"type": "choice", "values": [0.01]}},
+            {"continue_best": {"budget_steps": 30}},
+            "tune.continue_best.budget_steps: 30 is less than one trial's train.steps (40)",
         ),
     ],
 )

@@ -6,7 +6,9 @@ The search folder holds::
     trials/         Tune's experiment: per trial its results, Tune checkpoints and ``run/``,
                     the trial's distmeta run folder
     trials.csv      one row per trial: outcome, reports, last metrics, sampled values
-    best.yaml       the best trial's config, runnable: ``distmeta train best.yaml``
+    continued/      with ``tune.continue_best``: the best trial trained on with the budget's
+                    remaining steps (a run folder)
+    best.yaml       the best run's config, runnable: ``distmeta train best.yaml``
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import yaml
 from distmeta.config import ExperimentConfig, config_to_dict
 from distmeta.errors import RunError
 from distmeta.tracking.quiet import temporary_environment
+from distmeta.tune.continuation import CONTINUED_FOLDER, continuation_config, continue_best
 from distmeta.tune.space import (
     SearchPlan,
     base_config,
@@ -56,7 +59,8 @@ class TrialSummary:
 
     name: str
     status: str
-    """``completed``, ``stopped`` (by the scheduler, before its last report) or ``error``."""
+    """``completed``, ``stopped`` (by the scheduler, before its last report), ``error``, or
+    ``continued`` (the best trial trained on after the search)."""
     reports: int
     step: int
     """Training step of its last report."""
@@ -77,8 +81,11 @@ class SearchResult:
     mode: str
     trials: list[TrialSummary]
     best: TrialSummary
+    """The best trial, or its continuation (``tune.continue_best``)."""
     best_config: str
-    """``best.yaml``: the best trial's config, without the tune section."""
+    """``best.yaml``: the config of ``best``, without the tune section."""
+    steps: int = 0
+    """Training steps of the whole search: the trials' and the continuation's."""
     tracking_run: str | None = None
     """Where the search's MLflow run is (``None`` without tracking)."""
     wall_time: float = 0.0
@@ -178,29 +185,67 @@ def _write_trials(path: Path, trials: list[TrialSummary], searched: list[str]) -
             )
 
 
+def _trial_config(
+    config: ExperimentConfig, base: dict[str, Any], trial: TrialSummary
+) -> ExperimentConfig:
+    """The trial's resolved config; a trial stopped early trains to its last report."""
+    assert config.tune is not None
+    steps = trial.step if trial.step < config.train.steps else config.train.steps
+    fixed = {"train.steps": steps, "tracking.run_name": config.tracking.run_name}
+    return trial_config(base, config.tune, trial.values, fixed)
+
+
 def _write_best(
     path: Path,
-    config: ExperimentConfig,
-    base: dict[str, Any],
+    best_config: ExperimentConfig,
     best: TrialSummary,
     metric: str,
     search_dir: str,
+    val_tasks: int,
 ) -> None:
-    """The best trial's resolved config; a trial stopped early trains to its last report."""
-    assert config.tune is not None
-    steps = best.step if best.step < config.train.steps else config.train.steps
-    fixed = {"train.steps": steps, "tracking.run_name": config.tracking.run_name}
-    best_config = trial_config(base, config.tune, best.values, fixed)
+    what = "Continued best trial" if best.status == "continued" else "Best trial"
     header = (
-        f"# Best trial of the search in {search_dir}: {best.name}, {metric} "
+        f"# {what} of the search in {search_dir}: {best.name}, {metric} "
         f"{best.metrics[metric]:.6g} at step {best.step}\n"
-        f"# ({config.tune.val_tasks} tasks of the evaluation split, "
+        f"# ({val_tasks} tasks of the evaluation split, "
         f"{_eval_steps(best_config)} adaptation step(s)). Reproduce it (same seed and steps):\n"
         f"#   distmeta train {path} --run-dir RUN\n"
-        f"#   distmeta eval RUN --tasks {config.tune.val_tasks}\n"
+        f"#   distmeta eval RUN --tasks {val_tasks}\n"
     )
     body = yaml.safe_dump(config_to_dict(best_config), sort_keys=False)
     path.write_text(header + body)
+
+
+def _continue_best(
+    config: ExperimentConfig,
+    base: dict[str, Any],
+    best: TrialSummary,
+    steps: int,
+    root: Path,
+    parent: SearchRun | None,
+) -> tuple[TrialSummary, ExperimentConfig, int]:
+    """The best run, its config and the steps it added: with ``tune.continue_best`` and steps
+    left of its budget after the trials' ``steps``, the best trial trained on with them."""
+    tune_config = config.tune
+    assert tune_config is not None
+    plan = tune_config.continue_best
+    extra = 0 if plan is None else plan.budget_steps - steps
+    if extra <= 0:
+        return best, _trial_config(config, base, best), 0
+    continued = continuation_config(base, tune_config, best.values, best.name, best.step, extra)
+    reached = continue_best(
+        continued,
+        best.run_dir,
+        best.name,
+        best.step,
+        str(root / CONTINUED_FOLDER),
+        parent.run_id if parent is not None else None,
+        tune_config.val_tasks,
+    )
+    summary = TrialSummary(
+        reached.name, "continued", 1, reached.step, reached.metrics, best.values, reached.run_dir
+    )
+    return summary, continued, extra
 
 
 def _eval_steps(config: ExperimentConfig) -> int:
@@ -301,26 +346,33 @@ def run_search(
         connection = None if ray.is_initialized() else RayConnection(config.engine)
         try:
             results = _fit(config, plan, base, trials_dir, parent, progress)
+            trials = _summaries(results, plan, config, trials_dir)
+            best = _best(trials, plan.metric, plan.mode)
+            if best is None:
+                _write_trials(root / TRIALS_FILE, trials, list(tune_config.space))
+                reasons = "; ".join(f"{t.name}: {t.error}" for t in trials if t.error)
+                raise RunError(
+                    f"no trial of the search in {root} reported a finite {plan.metric}"
+                    + (f" ({reasons})" if reasons else "")
+                )
+            steps = sum(t.step for t in trials)
+            best, best_config, extra = _continue_best(config, base, best, steps, root, parent)
+            steps += extra
         finally:
             if connection is not None:
                 connection.close()
-        trials = _summaries(results, plan, config, trials_dir)
-        _write_trials(root / TRIALS_FILE, trials, list(tune_config.space))
-        best = _best(trials, plan.metric, plan.mode)
-        if best is None:
-            reasons = "; ".join(f"{t.name}: {t.error}" for t in trials if t.error)
-            raise RunError(
-                f"no trial of the search in {root} reported a finite {plan.metric}"
-                + (f" ({reasons})" if reasons else "")
-            )
-        _write_best(root / BEST_FILE, config, base, best, plan.metric, str(root))
+        ran = trials if best in trials else [*trials, best]
+        _write_trials(root / TRIALS_FILE, ran, list(tune_config.space))
+        _write_best(
+            root / BEST_FILE, best_config, best, plan.metric, str(root), tune_config.val_tasks
+        )
         if parent is not None:
             parent.log_file(root / TRIALS_FILE)
             parent.log_file(root / BEST_FILE)
             parent.finish(
                 {f"best_{plan.metric}": best.metrics[plan.metric]},
                 {"distmeta.tune.best_trial": best.name},
-                {t.name: t.status for t in trials},
+                {t.name: t.status for t in ran},
             )
     return SearchResult(
         search_dir=str(root),
@@ -329,6 +381,7 @@ def run_search(
         trials=trials,
         best=best,
         best_config=str(root / BEST_FILE),
+        steps=steps,
         tracking_run=parent.run_url if parent else None,
         wall_time=time.perf_counter() - started,
     )

@@ -63,7 +63,9 @@ def set_value(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     node = result
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section left unset
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(
                 f"tune.space.{key}: {'.'.join(parts[: depth + 1])} is a value, not a section"
@@ -175,6 +177,7 @@ def check_search(config: ExperimentConfig) -> TuneConfig:
             "tune.space.algorithm.inner_steps: set eval.inner_steps, else each trial is "
             "measured after its own number of adaptation steps"
         )
+    _check_continuation(config)
     reports = reports_per_trial(config)
     if tune_config.scheduler == "asha" and tune_config.asha.grace_period > reports:
         raise ConfigError(
@@ -182,6 +185,25 @@ def check_search(config: ExperimentConfig) -> TuneConfig:
             f"makes {reports} (train.steps / tune.report_every)"
         )
     return tune_config
+
+
+def _check_continuation(config: ExperimentConfig) -> None:
+    tune_config = config.tune
+    assert tune_config is not None
+    plan = tune_config.continue_best
+    if plan is None:
+        return
+    decays = [k for k in tune_config.space if k.startswith("algorithm.outer_lr_decay")]
+    if config.algorithm.outer_lr_decay is not None or decays:
+        raise ConfigError(
+            "tune.continue_best: it anneals the outer learning rate of the continued trial "
+            "itself: remove algorithm.outer_lr_decay from the config and the search space"
+        )
+    if plan.budget_steps < config.train.steps:
+        raise ConfigError(
+            f"tune.continue_best.budget_steps: {plan.budget_steps} is less than one trial's "
+            f"train.steps ({config.train.steps})"
+        )
 
 
 @dataclass
