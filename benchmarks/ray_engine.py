@@ -6,7 +6,9 @@
 ``scaling``   The same network: tasks/s of 2 workers x 1 thread against 1 worker x 1 thread,
               alternated (1, 2, 1, 2 ...); parallel efficiency = tps(2) / (2 tps(1)). Target >= 85%.
 ``small``     The sinusoid paper config (70,000 steps of a 40-40 MLP): wall time of the local
-              engine and of the ray engine with 2 workers. Target: ray <= 2x local.
+              engine and of the ray engine with 2 workers, its sync steps as ordinary actor
+              calls (``engine.transport=tasks``) and as a compiled graph (``compiled``).
+              Target: ray <= 2x local.
 
 Usage::
 
@@ -35,7 +37,9 @@ from distmeta.engine.rundir import RunDir
 REPO = Path(__file__).resolve().parents[1]
 
 
-def omniglot_config(data: str, workers: int, threads: int = 1) -> dm.ExperimentConfig:
+def omniglot_config(
+    data: str, workers: int, threads: int = 1, transport: str = "auto"
+) -> dm.ExperimentConfig:
     return parse_config(
         {
             "task": {"name": "fewshot", "path": data, "ways": 5, "shots": 1, "query": 15},
@@ -46,6 +50,7 @@ def omniglot_config(data: str, workers: int, threads: int = 1) -> dm.ExperimentC
                 "name": "ray",
                 "workers": workers,
                 "worker_resources": {"num_cpus": threads},
+                "transport": transport,
             },
             "tracking": {"enabled": False},
         }
@@ -70,7 +75,8 @@ def timed_steps(config: dm.ExperimentConfig, steps: int, warmup: int) -> list[di
 
 
 def overhead(args: argparse.Namespace) -> None:
-    records = timed_steps(omniglot_config(args.data, workers=2), args.steps, args.warmup)
+    config = omniglot_config(args.data, workers=2, transport=args.transport)
+    records = timed_steps(config, args.steps, args.warmup)
     walls = [r["wall"] for r in records]
     shares = [(r["wall"] - r["compute"]) / r["wall"] for r in records]
     total_share = 1 - sum(r["compute"] for r in records) / sum(walls)
@@ -87,7 +93,8 @@ def scaling(args: argparse.Namespace) -> None:
     rates: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(args.rounds):
         for workers in (1, 2):
-            records = timed_steps(omniglot_config(args.data, workers), args.steps, args.warmup)
+            config = omniglot_config(args.data, workers, transport=args.transport)
+            records = timed_steps(config, args.steps, args.warmup)
             rates[workers].append(32 * len(records) / sum(r["wall"] for r in records))
             print(f"{workers} worker(s): {rates[workers][-1]:.2f} tasks/s", flush=True)
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
@@ -98,9 +105,11 @@ def scaling(args: argparse.Namespace) -> None:
 def small(args: argparse.Namespace) -> None:
     raw = yaml.safe_load((REPO / "configs" / "sinusoid_maml.yaml").read_text())
     walls = {}
+    ray_engine = ["engine.name=ray", "engine.workers=2", "engine.worker_resources.num_cpus=1"]
     for name, overrides in (
         ("local", ["engine.name=local"]),
-        ("ray", ["engine.name=ray", "engine.workers=2", "engine.worker_resources.num_cpus=1"]),
+        ("ray-tasks", [*ray_engine, "engine.transport=tasks"]),
+        ("ray-compiled", [*ray_engine, "engine.transport=compiled"]),
     ):
         overrides += [f"train.steps={args.steps}", "tracking.enabled=false"]
         config = parse_config(apply_overrides(raw, overrides))
@@ -111,7 +120,8 @@ def small(args: argparse.Namespace) -> None:
         print(
             f"{name}: {walls[name]:.1f} s wall, last loss {result.metrics['loss']:.4f}", flush=True
         )
-    print(f"ray / local wall time: {walls['ray'] / walls['local']:.2f}")
+    for name in ("ray-tasks", "ray-compiled"):
+        print(f"{name} / local wall time: {walls[name] / walls['local']:.2f}")
 
 
 def main() -> None:
@@ -121,6 +131,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--transport", default="auto", help="engine.transport of overhead and scaling"
+    )
     args = parser.parse_args()
     ray.init(
         address="local",

@@ -21,8 +21,10 @@ from distmeta.config import parse_config
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
 from distmeta.engine.ray_engine import slice_bounds
+from distmeta.engine.ray_engine.compiled import MEASURED_STEPS, choose_transport, short_steps
 from distmeta.engine.ray_engine.messages import SliceResult, merge_results
 from distmeta.engine.rundir import MetricsLog, RunDir
+from distmeta.engine.trainer import build_engine
 from distmeta.errors import TaskFailedError
 
 BASE = {
@@ -101,37 +103,50 @@ def test_slices_cover_the_meta_batch_in_order():
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "transport"), [(1, "auto"), (2, "auto"), (2, "tasks")])
 def test_sync_ray_equals_local_bit_for_bit(
-    ray_cluster, reference_runs, tmp_path, algorithm, workers
+    ray_cluster, reference_runs, tmp_path, algorithm, workers, transport
 ):
-    config = _config(_ray(workers), algorithm={"name": algorithm, **LOOP})
+    config = _config(_ray(workers, transport=transport), algorithm={"name": algorithm, **LOOP})
     dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
     assert _same(reference_runs[algorithm], _final(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
-def test_vectorised_ray_matches_local_within_float_rounding(ray_cluster, tmp_path, algorithm):
-    """vmap's kernels may round a task's gradient differently in a batch of another size."""
-    runs = {}
-    for name, engine in (("local", None), ("ray", _ray(2))):
-        config = _config(engine, algorithm={"name": algorithm, "execution": "vmap"})
-        dm.train(config, run_dir=str(tmp_path / name), progress=False)
-        runs[name] = _final(tmp_path / name)
-    assert _close(runs["local"], runs["ray"])
+@pytest.mark.parametrize(
+    ("engine", "parameters", "tree", "one_node", "transport"),
+    [
+        ({}, 1_761, False, True, "measure"),
+        ({}, 1_761, False, False, "tasks"),  # a removed node would stall a compiled graph
+        ({}, 2_000_000, False, True, "tasks"),
+        ({}, 1_761, True, True, "tasks"),
+        ({"mode": "async"}, 1_761, False, True, "tasks"),
+        ({"transport": "tasks"}, 1_761, False, True, "tasks"),
+        ({"transport": "compiled"}, 2_000_000, False, False, "compiled"),
+    ],
+)
+def test_how_sync_steps_reach_the_actors(engine, parameters, tree, one_node, transport):
+    config = _config(_ray(2, **engine)).engine
+    assert choose_transport(config, parameters, tree, one_node) == transport
 
 
-def test_tree_reduction_applies_the_same_bits_as_flat(ray_cluster, reference_runs, tmp_path):
-    config = _config(_ray(3, reduction="tree"), algorithm={"name": "maml", **LOOP})
-    dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
-    assert _same(reference_runs["maml"], _final(tmp_path / "run"))
+def test_only_short_steps_are_worth_compiling():
+    assert short_steps([0.001] * 19 + [2.0])
+    assert not short_steps([0.6] * 20)
 
 
-def test_the_learner_actor_follows_the_outer_lr_schedule(ray_cluster, tmp_path):
-    algorithm = {"name": "maml", **LOOP, "outer_lr_decay": {"start": 10, "final": 0.1}}
-    for name, engine in (("local", None), ("ray", _ray(2))):
-        dm.train(_config(engine, algorithm=algorithm), run_dir=str(tmp_path / name), progress=False)
-    assert _same(_final(tmp_path / "local"), _final(tmp_path / "ray"))
+@pytest.mark.parametrize(("transport", "compiled"), [("auto", True), ("tasks", False)])
+def test_short_sync_steps_run_as_one_compiled_graph(ray_cluster, tmp_path, transport, compiled):
+    """``auto`` times the first steps as ordinary calls; these take a millisecond, so a Ray
+    Compiled Graph, which saves most of the per-step call overhead, runs the rest."""
+    config = _config(_ray(2, transport=transport), algorithm={"name": "maml", **LOOP})
+    engine = build_engine(config, RunDir(tmp_path / "run"))
+    try:
+        assert len(list(engine.run(0, MEASURED_STEPS + 2))) == MEASURED_STEPS + 2
+        assert (engine._graph is not None) == compiled
+        assert len(list(engine.run(MEASURED_STEPS + 2, MEASURED_STEPS + 5))) == 3
+        assert (engine._graph is not None) == compiled  # the next segment reuses the graph
+    finally:
+        engine.close()
 
 
 def test_merging_refuses_slices_that_do_not_fit_together():
@@ -158,8 +173,14 @@ def test_resume_from_a_ray_checkpoint_on_either_engine(ray_cluster, reference_ru
     assert _same(reference_runs["maml"], _final(tmp_path / "b"))
 
 
+# Each fault meets both ways a sync step can go: ordinary actor calls, and a compiled graph
+# that Ray shuts down (a dead actor) or that returns the error, before ordinary calls recover.
+TRANSPORTS = pytest.mark.parametrize("transport", ["tasks", "compiled"])
+
+
+@TRANSPORTS
 def test_sigkill_of_a_worker_mid_run_gives_the_unfaulted_parameters(
-    ray_cluster, reference_runs, tmp_path
+    ray_cluster, reference_runs, tmp_path, transport
 ):
     killed = []
 
@@ -169,7 +190,7 @@ def test_sigkill_of_a_worker_mid_run_gives_the_unfaulted_parameters(
         os.kill(pids[0], signal.SIGKILL)
         killed.append(pids[0])
 
-    config = _config(_ray(2), algorithm={"name": "maml", **LOOP})
+    config = _config(_ray(2, transport=transport), algorithm={"name": "maml", **LOOP})
     dm.train(
         config, run_dir=str(tmp_path / "run"), callbacks=[_Hook(15, kill_a_worker)], progress=False
     )
@@ -177,14 +198,17 @@ def test_sigkill_of_a_worker_mid_run_gives_the_unfaulted_parameters(
     assert _same(reference_runs["maml"], _final(tmp_path / "run"))
 
 
-def test_a_dead_learner_is_restored_from_the_last_checkpoint(ray_cluster, reference_runs, tmp_path):
+@TRANSPORTS
+def test_a_dead_learner_is_restored_from_the_last_checkpoint(
+    ray_cluster, reference_runs, tmp_path, transport
+):
     def kill_the_learner():
         pids = actor_pids(ray_cluster, "LearnerActor")
         assert len(pids) == 1
         os.kill(pids[0], signal.SIGKILL)
         time.sleep(0.5)  # let Ray notice before the next step is submitted
 
-    config = _config(_ray(2), algorithm={"name": "maml", **LOOP})
+    config = _config(_ray(2, transport=transport), algorithm={"name": "maml", **LOOP})
     dm.train(
         config,
         run_dir=str(tmp_path / "run"),
@@ -196,10 +220,12 @@ def test_a_dead_learner_is_restored_from_the_last_checkpoint(ray_cluster, refere
     assert steps == [5, 10, 15, 20, 25, 30]
 
 
-def test_a_task_that_keeps_failing_fails_the_run_naming_it(ray_cluster, tmp_path):
+@TRANSPORTS
+def test_a_task_that_keeps_failing_fails_the_run_naming_it(ray_cluster, tmp_path, transport):
     # Amplitudes near float32's limit make every task's loss infinite.
     config = _config(
-        _ray(2, max_task_retries=1), task={"shots": 5, "query": 5, "amplitude": [1e37, 3e38]}
+        _ray(2, max_task_retries=1, transport=transport),
+        task={"shots": 5, "query": 5, "amplitude": [1e37, 3e38]},
     )
     with pytest.raises(TaskFailedError, match=r"\(3, 0, \d+\).*not finite"):
         dm.train(config, run_dir=str(tmp_path / "run"), progress=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from itertools import pairwise
@@ -9,13 +11,25 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
+from ray.exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    RayActorError,
+    RayChannelTimeoutError,
+    RayError,
+)
 
 from distmeta.config import ExperimentConfig, config_to_dict
 from distmeta.engine.base import LearnerRestored
 from distmeta.engine.experiment import build_experiment
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.ray_engine.cluster import RayConnection
+from distmeta.engine.ray_engine.compiled import (
+    MEASURED_STEPS,
+    CompiledSyncSteps,
+    choose_transport,
+    short_steps,
+)
 from distmeta.engine.ray_engine.learner_actor import LearnerActor
 from distmeta.engine.ray_engine.messages import SliceResult, merge_results
 from distmeta.engine.ray_engine.placement import learner_strategy
@@ -108,6 +122,14 @@ class RayEngine:
         self.tree_reduction = _use_tree(
             config.engine.reduction, config.engine.workers, self.layout.numel
         )
+        here = ray.get_runtime_context().get_node_id()
+        nodes = {entry["node"] for entry in self.placement} | {ray.get(self.learner.node.remote())}
+        self.transport = choose_transport(
+            config.engine, self.layout.numel, self.tree_reduction, one_node=nodes == {here}
+        )
+        self._step_seconds: list[float] = []
+        self._graph: CompiledSyncSteps | None = None
+        self._learner_incarnation = ray.get(self.learner.incarnation.remote())
         self._params_ref: ray.ObjectRef | None = None
         self._next_request = 0
         self._rejected = 0
@@ -138,6 +160,7 @@ class RayEngine:
     def close(self) -> None:
         try:
             if ray.is_initialized():
+                self._drop_graph()
                 self.pool.close()
                 ray.kill(self.learner, no_restart=True)
         finally:
@@ -146,6 +169,101 @@ class RayEngine:
     # --- sync -------------------------------------------------------------------------------
 
     def _run_sync(self, start: int, stop: int) -> Iterator[dict[str, float]]:
+        if self.transport == "measure":
+            measured = min(stop, start + MEASURED_STEPS - len(self._step_seconds))
+            for metrics in self._run_tasks(start, measured):
+                self._step_seconds.append(metrics["worker_seconds"])
+                yield metrics
+            if len(self._step_seconds) >= MEASURED_STEPS:
+                self.transport = "compiled" if short_steps(self._step_seconds) else "tasks"
+            start = measured
+        graph = self._compiled_steps() if self.transport == "compiled" else None
+        if graph is None:
+            yield from self._run_tasks(start, stop)
+        else:
+            yield from self._run_compiled(graph, start, stop)
+
+    def _compiled_steps(self) -> CompiledSyncSteps | None:
+        """The run's compiled graph (built once, again after a failure); ``None`` if Ray
+        cannot compile it here, and the steps go as ordinary calls."""
+        if self._graph is None:
+            bounds = slice_bounds(self.config.train.meta_batch_size, len(self.pool))
+            try:
+                self._graph = CompiledSyncSteps(
+                    self.learner,
+                    self.pool.workers,
+                    bounds,
+                    self.config.train.meta_batch_size,
+                    in_flight=_SYNC_STEPS_IN_FLIGHT + 1,
+                    timeout_s=self.config.engine.step_timeout_s,
+                )
+            except Exception as error:  # Ray refuses the graph here: ordinary calls work
+                warnings.warn(
+                    f"sync steps run as ordinary actor calls: Ray could not compile them "
+                    f"({type(error).__name__}: {error})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return None
+        return self._graph
+
+    def _drop_graph(self) -> None:
+        graph, self._graph = self._graph, None
+        if graph is not None:
+            # A graph Ray shut down itself after an actor died may refuse its teardown.
+            with contextlib.suppress(RayError):
+                graph.close()
+
+    def _run_compiled(
+        self, graph: CompiledSyncSteps, start: int, stop: int
+    ) -> Iterator[dict[str, float]]:
+        """Steps through the compiled graph, submitted ahead and finished in order.
+
+        A step that fails (a worker died, a task raised) drops the graph; the steps the
+        learner applied meanwhile are reported from its record, and the segment finishes
+        with ordinary calls, which retry and recompute (:meth:`_run_tasks`).
+        """
+        self._params_ref = None
+        timeout = self.config.engine.step_timeout_s
+        pending: deque[Any] = deque()
+        step, done, failed, finished = start, start, None, False
+        try:
+            while done < stop:
+                try:
+                    while step < stop and len(pending) <= _SYNC_STEPS_IN_FLIGHT:
+                        pending.append(graph.submit(step))
+                        step += 1
+                    metrics = ray.get(pending.popleft(), timeout=timeout)
+                except RayChannelTimeoutError:
+                    raise self._stalled(done) from None
+                except RayError:
+                    failed = done
+                    break
+                if not metrics.pop("applied"):
+                    raise LearnerRestored(metrics["version"])
+                metrics.pop("version")
+                done += 1
+                yield metrics
+            finished = failed is None
+        finally:
+            if not finished:
+                self._drop_graph()
+        if failed is not None:
+            yield from self._after_compiled_failure(failed, stop)
+
+    def _after_compiled_failure(self, failed: int, stop: int) -> Iterator[dict[str, float]]:
+        incarnation = ray.get(self.learner.incarnation.options(max_task_retries=-1).remote())
+        if incarnation != self._learner_incarnation:
+            raise self._learner_restored()
+        version = ray.get(self.learner.version.remote())
+        for step in range(failed, version):
+            metrics = ray.get(self.learner.step_metrics.remote(step))
+            if metrics is None:
+                raise LearnerRestored(version)  # not kept: rewind to what the learner holds
+            yield {k: v for k, v in metrics.items() if k not in ("applied", "version")}
+        yield from self._run_tasks(version, stop)
+
+    def _run_tasks(self, start: int, stop: int) -> Iterator[dict[str, float]]:
         """Submit steps ahead, finish them in order; recompute a step whose slice was lost.
 
         Ray itself restarts a dead worker and retries its request; a slice can still be
@@ -221,8 +339,11 @@ class RayEngine:
     def _learner_restored(self) -> LearnerRestored:
         """Wait for Ray to restart the learner; it restores the newest checkpoint."""
         self.pool.forget_all()
+        self._drop_graph()
         self._params_ref = None
-        return LearnerRestored(ray.get(self.learner.version.options(max_task_retries=-1).remote()))
+        version = ray.get(self.learner.version.options(max_task_retries=-1).remote())
+        self._learner_incarnation = ray.get(self.learner.incarnation.remote())
+        return LearnerRestored(version)
 
     def _reduce(self, slices: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
         """The references the learner receives: the slices, or their reduction tree's root."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 import warnings
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,9 @@ from distmeta.engine.rundir import RunDir
 from distmeta.engine.schedule import OuterLRSchedule
 
 __all__ = ["LearnerActor"]
+
+_METRICS_KEPT = 16
+"""Applied sync steps whose metrics the learner keeps (more than the steps ever in flight)."""
 
 
 class LearnerActor:
@@ -44,6 +49,8 @@ class LearnerActor:
         run_dir: str,
     ):
         torch.set_num_threads(1)
+        self.incarnation_id = uuid.uuid4().hex
+        self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.learner = Learner(layout, torch.from_numpy(np.array(initial)), optimizer, lr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own property
@@ -62,6 +69,27 @@ class LearnerActor:
     def version(self) -> int:
         return self.learner.version
 
+    def incarnation(self) -> str:
+        """Differs after Ray restarted this actor (and it restored a checkpoint)."""
+        return self.incarnation_id
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def step_params(self, step: int) -> ParamsMessage:
+        """The parameters step ``step`` reads: the current ones (a compiled graph's first
+        node; the learner runs its nodes in step order, so they follow step ``step - 1``)."""
+        return self._message()
+
+    def apply_step(self, step: int, batch_size: int, *results: SliceResult) -> dict[str, Any]:
+        """:meth:`apply_sync` without the new parameters (a compiled graph's last node)."""
+        metrics, _ = self._apply_sync(step, batch_size, results)
+        return metrics
+
+    def step_metrics(self, step: int) -> dict[str, Any] | None:
+        """The metrics of applied step ``step``, if it is among the last few."""
+        return self._recent.get(step)
+
     @ray.method(num_returns=2)
     def apply_sync(
         self, step: int, batch_size: int, *results: SliceResult
@@ -72,6 +100,11 @@ class LearnerActor:
         nothing if the learner is not at version ``step`` (a step after a failed one, or a
         learner just restored from a checkpoint): a step is applied once or not at all.
         """
+        return self._apply_sync(step, batch_size, results)
+
+    def _apply_sync(
+        self, step: int, batch_size: int, results: tuple[SliceResult, ...]
+    ) -> tuple[dict[str, Any], ParamsMessage]:
         if self.learner.version != step:
             return {"applied": False, "version": self.learner.version}, self._message()
         merged = merge_results(list(results))
@@ -83,6 +116,9 @@ class LearnerActor:
         self.learner.apply(merged.mean_gradient())
         metrics = {"applied": True, "version": self.learner.version, **merged.mean_stats()}
         metrics["worker_seconds"] = merged.compute_s
+        self._recent[step] = dict(metrics)
+        while len(self._recent) > _METRICS_KEPT:
+            self._recent.popitem(last=False)
         return metrics, self._message()
 
     @ray.method(num_returns=2)
@@ -106,5 +142,6 @@ class LearnerActor:
         return self.learner.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
+        self._recent.clear()
         self.learner.load_state_dict(state)
         return self.learner.version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -46,10 +47,16 @@ class SliceResult:
 
     def mean_gradient(self) -> torch.Tensor:
         """The mean over the tasks, rounded once from the exact sum."""
-        return (torch.from_numpy(self.grad_sum) + torch.from_numpy(self.residual)) / self.count
+        return (_read_only(self.grad_sum) + _read_only(self.residual)) / self.count
 
     def mean_stats(self) -> dict[str, float]:
         return {name: value / self.count for name, value in self.stats.items()}
+
+
+def _read_only(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns of non-writable arrays
+        return torch.from_numpy(array)
 
 
 def merge_results(results: list[SliceResult]) -> SliceResult:
@@ -73,8 +80,9 @@ def merge_results(results: list[SliceResult]) -> SliceResult:
     residual = torch.from_numpy(first.residual.copy())
     stats = dict(first.stats)
     for result in ordered[1:]:
-        total, error = two_sum(total, torch.from_numpy(result.grad_sum))
-        residual = residual + torch.from_numpy(result.residual) + error
+        # Results read from Ray are read-only arrays; they are only read here.
+        total, error = two_sum(total, _read_only(result.grad_sum))
+        residual = residual + _read_only(result.residual) + error
         for name, value in result.stats.items():
             stats[name] += value
     return SliceResult(

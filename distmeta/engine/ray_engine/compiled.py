@@ -1,0 +1,105 @@
+"""Sync steps as a Ray Compiled Graph: learner -> workers -> learner over shared-memory channels.
+
+An ordinary actor call costs about a millisecond of scheduling and object-store traffic; a
+sync step makes three (two workers, the learner), which on this project's 2-core machine
+tripled the wall time of the 1,761-parameter sinusoid MLP (BENCHMARKS.md). A compiled graph
+fixes the step's shape once and reuses its channels, so a step costs a fraction of that.
+
+The graph runs the same actor methods as the ordinary path and the learner refuses a step
+that is not its next one, so a failure never applies a step twice: the engine then drops the
+graph and finishes the segment with ordinary calls, which retry and recompute.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Literal
+
+import ray
+import ray.util.client
+
+from distmeta.config import EngineConfig
+
+__all__ = ["MEASURED_STEPS", "CompiledSyncSteps", "Transport", "choose_transport", "short_steps"]
+
+_COMPILED_MAX_PARAMETERS = 1_000_000
+"""Above this parameters move through the object store once per node rather than through
+per-reader channels."""
+MEASURED_STEPS = 20
+"""Steps ``auto`` runs as ordinary calls, timing the workers' compute, before it chooses."""
+_COMPILED_MAX_STEP_S = 0.05
+"""Longest median compute per step for which ``auto`` compiles: the driver waits on a compiled
+graph's result by polling, which takes a core from the workers for the whole step, while
+ordinary calls add a few milliseconds per step (BENCHMARKS.md)."""
+
+Transport = Literal["tasks", "compiled", "measure"]
+
+
+def choose_transport(
+    engine: EngineConfig, parameters: int, tree_reduction: bool, one_node: bool
+) -> Transport:
+    """How sync steps go (``engine.transport``); ``measure``: decide with
+    :func:`short_steps` once the first :data:`MEASURED_STEPS` steps ran as ordinary calls.
+
+    ``auto`` considers compiling sync steps with flat reduction of models up to 1M
+    parameters when the driver, the learner and every worker share one node: a graph whose
+    actor's node is removed does not fail, its step waits for ``engine.step_timeout_s``
+    (measured with ``ray.cluster_utils.Cluster``), while ordinary calls move the worker to
+    another node and go on. Nor through Ray Client, which cannot run compiled graphs.
+    """
+    if engine.mode != "sync" or tree_reduction:
+        return "tasks"
+    if engine.transport != "auto":
+        return engine.transport
+    client = (engine.address or "").startswith("ray://") or ray.util.client.ray.is_connected()
+    if client or not one_node or parameters > _COMPILED_MAX_PARAMETERS:
+        return "tasks"
+    return "measure"
+
+
+def short_steps(compute_seconds: list[float]) -> bool:
+    """Whether steps this long are worth compiling (median slowest-worker compute)."""
+    return statistics.median(compute_seconds) <= _COMPILED_MAX_STEP_S
+
+
+class CompiledSyncSteps:
+    """``learner.step_params -> workers[i].compute(slice i) -> learner.apply_step`` compiled.
+
+    Args:
+        learner: The learner actor.
+        workers: The task-worker actors, one slice each.
+        bounds: Each worker's task range ``[start, stop)`` of the meta-batch.
+        batch_size: Tasks per step.
+        in_flight: Steps that may be submitted before the oldest is read.
+        timeout_s: How long submitting a step may wait for the graph to take it.
+    """
+
+    def __init__(
+        self,
+        learner: Any,
+        workers: list[Any],
+        bounds: list[tuple[int, int]],
+        batch_size: int,
+        in_flight: int,
+        timeout_s: float,
+    ):
+        from ray.dag import InputNode
+
+        with InputNode() as step:
+            params = learner.step_params.bind(step)
+            slices = [
+                worker.compute.bind(params, step, start, stop)
+                for worker, (start, stop) in zip(workers, bounds, strict=True)
+            ]
+            metrics = learner.apply_step.bind(step, batch_size, *slices)
+        self._graph = metrics.experimental_compile(
+            _max_inflight_executions=in_flight, _submit_timeout=timeout_s
+        )
+
+    def submit(self, step: int) -> Any:
+        """Start step ``step``; ``ray.get`` of the returned reference gives its metrics."""
+        return self._graph.execute(step)
+
+    def close(self) -> None:
+        """Release the channels; the actors go back to ordinary calls."""
+        self._graph.teardown()
