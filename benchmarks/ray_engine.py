@@ -106,11 +106,13 @@ def small(args: argparse.Namespace) -> None:
     raw = yaml.safe_load((REPO / "configs" / "sinusoid_maml.yaml").read_text())
     walls = {}
     ray_engine = ["engine.name=ray", "engine.workers=2", "engine.worker_resources.num_cpus=1"]
-    for name, overrides in (
-        ("local", ["engine.name=local"]),
-        ("ray-tasks", [*ray_engine, "engine.transport=tasks"]),
-        ("ray-compiled", [*ray_engine, "engine.transport=compiled"]),
-    ):
+    engines = {
+        "local": ["engine.name=local"],
+        "ray-tasks": [*ray_engine, "engine.transport=tasks"],
+        "ray-compiled": [*ray_engine, "engine.transport=compiled"],
+    }
+    for name in args.engines:
+        overrides = list(engines[name])
         overrides += [f"train.steps={args.steps}", "tracking.enabled=false"]
         config = parse_config(apply_overrides(raw, overrides))
         with tempfile.TemporaryDirectory() as folder:
@@ -120,8 +122,9 @@ def small(args: argparse.Namespace) -> None:
         print(
             f"{name}: {walls[name]:.1f} s wall, last loss {result.metrics['loss']:.4f}", flush=True
         )
-    for name in ("ray-tasks", "ray-compiled"):
-        print(f"{name} / local wall time: {walls[name] / walls['local']:.2f}")
+    for name in walls:
+        if name != "local" and "local" in walls:
+            print(f"{name} / local wall time: {walls[name] / walls['local']:.2f}")
 
 
 def main() -> None:
@@ -133,6 +136,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--transport", default="auto", help="engine.transport of overhead and scaling"
+    )
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        default=["local", "ray-tasks", "ray-compiled"],
+        choices=["local", "ray-tasks", "ray-compiled"],
+        help="what small runs, in this order",
     )
     args = parser.parse_args()
     ray.init(

@@ -10,7 +10,7 @@ import torch
 from distmeta.engine.experiment import build_task_source
 from distmeta.engine.run import Run
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "adaptation_curves", "evaluate"]
 
 _CHUNK = 100
 """Tasks per evaluation batch: bounds memory, not results."""
@@ -48,17 +48,14 @@ def _ci95(values: torch.Tensor) -> torch.Tensor:
     return 1.96 * values.std(dim=0) / math.sqrt(n)
 
 
-def evaluate(
+def adaptation_curves(
     run: Run, tasks: int | None = None, seed: int | None = None, steps: int | None = None
-) -> EvalResult:
-    """Adapt the run's meta-parameters to fresh tasks and measure the query set.
+) -> torch.Tensor:
+    """Per task, the query metrics after 0..``steps`` adaptation steps: ``[tasks, steps + 1,
+    metrics]`` (loss, and accuracy for classification), float64. Two runs measured with the
+    same arguments meet the same tasks, so their difference can be compared task by task.
 
-    Args:
-        run: A loaded run (:func:`~distmeta.engine.run.load_run`).
-        tasks: Number of tasks (default ``eval.tasks``).
-        seed: Seed of the tasks (default ``eval.seed``, else the training seed + 1, whose
-            tasks training never saw).
-        steps: Adaptation steps (default ``eval.inner_steps``, else ``algorithm.inner_steps``).
+    Args: as :func:`evaluate`.
     """
     config = run.config
     tasks = tasks or config.eval.tasks
@@ -76,9 +73,26 @@ def evaluate(
     for chunk, first in enumerate(range(0, tasks, _CHUNK)):
         batch = source.sample(seed, chunk, range(min(_CHUNK, tasks - first))).to(device)
         curves.append(run.algorithm.adaptation_curve(run.params, batch, steps).double().cpu())
-    curve = torch.cat(curves)  # [tasks, steps + 1, metrics]
+    return torch.cat(curves)
+
+
+def evaluate(
+    run: Run, tasks: int | None = None, seed: int | None = None, steps: int | None = None
+) -> EvalResult:
+    """Adapt the run's meta-parameters to fresh tasks and measure the query set.
+
+    Args:
+        run: A loaded run (:func:`~distmeta.engine.run.load_run`).
+        tasks: Number of tasks (default ``eval.tasks``).
+        seed: Seed of the tasks (default ``eval.seed``, else the training seed + 1, whose
+            tasks training never saw).
+        steps: Adaptation steps (default ``eval.inner_steps``, else ``algorithm.inner_steps``).
+    """
+    curve = adaptation_curves(run, tasks, seed, steps)
     mean, ci = curve.mean(dim=0), _ci95(curve)
-    result = EvalResult(tasks, list(range(steps + 1)), mean[:, 0].tolist(), ci[:, 0].tolist())
+    result = EvalResult(
+        curve.shape[0], list(range(curve.shape[1])), mean[:, 0].tolist(), ci[:, 0].tolist()
+    )
     if curve.shape[-1] > 1:
         result.accuracy, result.accuracy_ci95 = mean[:, 1].tolist(), ci[:, 1].tolist()
     return result
