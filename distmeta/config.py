@@ -218,8 +218,9 @@ class EngineConfig(_Section):
     (tree for many workers and large models; see BENCHMARKS.md). Exact either way."""
     transport: Literal["auto", "compiled", "tasks"] = "auto"
     """How sync steps reach the actors: ``tasks`` (ordinary actor calls through the object
-    store), ``compiled`` (one Ray Compiled Graph per run, shared-memory channels, about 2 ms
-    less per step here), ``auto`` (compiled for models up to 1M parameters with flat
+    store), ``compiled`` (one Ray Compiled Graph per run over shared-memory channels: 0.9 ms
+    of call overhead per step instead of 3.5 ms here, but its driver polls for results),
+    ``auto`` (compiled for models up to 1M parameters with flat
     reduction when the driver, learner and workers share a node, not through Ray Client).
     A failed compiled step falls back to tasks."""
     step_timeout_s: PositiveFloat = 600.0
