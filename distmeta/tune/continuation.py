@@ -96,11 +96,11 @@ def continue_best(
     """
     folder = RunDir(run_dir)
     _seed_run_folder(RunDir(trial_run_dir), step, folder)
+    name = f"{trial}-continued"
     tracker = None
     if config.tracking.enabled:
         from distmeta.tracking import MLflowTracker
 
-        name = f"{trial}-continued"
         tracker = MLflowTracker(config, parent_run_id=parent_run_id, tags={TRIAL_TAG: name})
     with tracker or nullcontext():
         result = train(
@@ -113,7 +113,7 @@ def continue_best(
         )
     experiment = build_experiment(config, torch.device("cpu"))
     return Continuation(
-        f"{trial}-continued",
+        name,
         result.steps,
         checkpoint_metrics(experiment, folder, result.steps, val_tasks),
         folder.uri,

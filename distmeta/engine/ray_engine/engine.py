@@ -70,6 +70,14 @@ def _merge_pair(a: SliceResult, b: SliceResult) -> SliceResult:
     return merge_results([a, b])
 
 
+def _step_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """A sync step's metrics from the learner's record of it; :class:`LearnerRestored` when
+    the learner refused the step (it is at another version: restored from a checkpoint)."""
+    if not record["applied"]:
+        raise LearnerRestored(record["version"])
+    return {k: v for k, v in record.items() if k not in ("applied", "version")}
+
+
 def slice_bounds(batch_size: int, workers: int) -> list[tuple[int, int]]:
     """Contiguous, near-equal task ranges of a meta-batch, one per worker (none empty)."""
     parts = min(batch_size, workers)
@@ -239,11 +247,8 @@ class RayEngine:
                 except RayError:
                     failed = done
                     break
-                if not metrics.pop("applied"):
-                    raise LearnerRestored(metrics["version"])
-                metrics.pop("version")
                 done += 1
-                yield metrics
+                yield _step_metrics(metrics)
             finished = failed is None
         finally:
             if not finished:
@@ -260,7 +265,7 @@ class RayEngine:
             metrics = ray.get(self.learner.step_metrics.remote(step))
             if metrics is None:
                 raise LearnerRestored(version)  # not kept: rewind to what the learner holds
-            yield {k: v for k, v in metrics.items() if k not in ("applied", "version")}
+            yield _step_metrics(metrics)
         yield from self._run_tasks(version, stop)
 
     def _run_tasks(self, start: int, stop: int) -> Iterator[dict[str, float]]:
@@ -323,10 +328,7 @@ class RayEngine:
             raise _SliceLost(f"{type(error).__name__}") from None
         finally:
             self.pool.complete(slices)
-        if not metrics.pop("applied"):
-            raise LearnerRestored(metrics["version"])
-        metrics.pop("version")
-        return metrics
+        return _step_metrics(metrics)
 
     def _stalled(self, step: int) -> ClusterError:
         silent = [i for i, healthy in enumerate(self.pool.health()) if not healthy]
