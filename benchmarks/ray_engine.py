@@ -110,6 +110,7 @@ def small(args: argparse.Namespace) -> None:
         "local": ["engine.name=local"],
         "ray-tasks": [*ray_engine, "engine.transport=tasks"],
         "ray-compiled": [*ray_engine, "engine.transport=compiled"],
+        "ray-collective": [*ray_engine, "engine.transport=collective"],
     }
     for name in args.engines:
         overrides = list(engines[name])
@@ -140,8 +141,8 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         nargs="+",
-        default=["local", "ray-tasks", "ray-compiled"],
-        choices=["local", "ray-tasks", "ray-compiled"],
+        default=["local", "ray-tasks", "ray-compiled", "ray-collective"],
+        choices=["local", "ray-tasks", "ray-compiled", "ray-collective"],
         help="what small runs, in this order",
     )
     args = parser.parse_args()

@@ -216,13 +216,14 @@ class EngineConfig(_Section):
     """How workers' results reach the learner in sync mode: ``flat`` (the learner adds them
     all), ``tree`` (pairwise merges on the workers' nodes, the learner gets one), ``auto``
     (tree for many workers and large models; see BENCHMARKS.md). Exact either way."""
-    transport: Literal["auto", "compiled", "tasks"] = "auto"
+    transport: Literal["auto", "collective", "compiled", "tasks"] = "auto"
     """How sync steps reach the actors: ``tasks`` (ordinary actor calls through the object
-    store), ``compiled`` (one Ray Compiled Graph per run over shared-memory channels: 0.9 ms
-    of call overhead per step instead of 3.5 ms here, but its driver polls for results),
-    ``auto`` (compiled for models up to 1M parameters with flat
-    reduction when the driver, learner and workers share a node, not through Ray Client).
-    A failed compiled step falls back to tasks."""
+    store, a few milliseconds per step), ``collective`` (the learner runs chunks of steps
+    over a torch.distributed gloo group with the workers: a fraction of a millisecond per
+    step), ``compiled`` (one Ray Compiled Graph per run; its driver polls for results),
+    ``auto`` (times the first 20 steps as actor calls and moves models up to 1M parameters
+    whose steps compute in under 50 ms to ``collective``). A failed collective or compiled
+    step hands the rest of the segment to actor calls."""
     step_timeout_s: PositiveFloat = 600.0
     """A step that waits longer than this for its workers fails the run with the workers'
     health (e.g. no node left that can host them), instead of waiting forever."""

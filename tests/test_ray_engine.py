@@ -21,8 +21,8 @@ from distmeta.config import parse_config
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
 from distmeta.engine.ray_engine import slice_bounds
-from distmeta.engine.ray_engine.compiled import MEASURED_STEPS, choose_transport, short_steps
 from distmeta.engine.ray_engine.messages import SliceResult, merge_results
+from distmeta.engine.ray_engine.transport import MEASURED_STEPS, choose_transport, short_steps
 from distmeta.engine.rundir import MetricsLog, RunDir
 from distmeta.engine.trainer import build_engine
 from distmeta.errors import TaskFailedError
@@ -103,7 +103,9 @@ def test_slices_cover_the_meta_batch_in_order():
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
-@pytest.mark.parametrize(("workers", "transport"), [(1, "auto"), (2, "auto"), (2, "tasks")])
+@pytest.mark.parametrize(
+    ("workers", "transport"), [(1, "auto"), (2, "auto"), (2, "tasks"), (2, "compiled")]
+)
 def test_sync_ray_equals_local_bit_for_bit(
     ray_cluster, reference_runs, tmp_path, algorithm, workers, transport
 ):
@@ -113,38 +115,39 @@ def test_sync_ray_equals_local_bit_for_bit(
 
 
 @pytest.mark.parametrize(
-    ("engine", "parameters", "tree", "one_node", "transport"),
+    ("engine", "parameters", "tree", "transport"),
     [
-        ({}, 1_761, False, True, "measure"),
-        ({}, 1_761, False, False, "tasks"),  # a removed node would stall a compiled graph
-        ({}, 2_000_000, False, True, "tasks"),
-        ({}, 1_761, True, True, "tasks"),
-        ({"mode": "async"}, 1_761, False, True, "tasks"),
-        ({"transport": "tasks"}, 1_761, False, True, "tasks"),
-        ({"transport": "compiled"}, 2_000_000, False, False, "compiled"),
+        ({}, 1_761, False, "measure"),
+        ({}, 2_000_000, False, "tasks"),
+        ({}, 1_761, True, "tasks"),
+        ({"mode": "async"}, 1_761, False, "tasks"),
+        ({"transport": "tasks"}, 1_761, False, "tasks"),
+        ({"transport": "collective"}, 2_000_000, False, "collective"),
+        ({"transport": "compiled"}, 2_000_000, False, "compiled"),
     ],
 )
-def test_how_sync_steps_reach_the_actors(engine, parameters, tree, one_node, transport):
+def test_how_sync_steps_reach_the_actors(engine, parameters, tree, transport):
     config = _config(_ray(2, **engine)).engine
-    assert choose_transport(config, parameters, tree, one_node) == transport
+    assert choose_transport(config, parameters, tree) == transport
 
 
-def test_only_short_steps_are_worth_compiling():
+def test_only_short_steps_move_to_a_gloo_group():
     assert short_steps([0.001] * 19 + [2.0])
     assert not short_steps([0.6] * 20)
 
 
-@pytest.mark.parametrize(("transport", "compiled"), [("auto", True), ("tasks", False)])
-def test_short_sync_steps_run_as_one_compiled_graph(ray_cluster, tmp_path, transport, compiled):
-    """``auto`` times the first steps as ordinary calls; these take a millisecond, so a Ray
-    Compiled Graph, which saves most of the per-step call overhead, runs the rest."""
+@pytest.mark.parametrize(("transport", "grouped"), [("auto", True), ("tasks", False)])
+def test_short_sync_steps_run_over_one_gloo_group(ray_cluster, tmp_path, transport, grouped):
+    """``auto`` times the first steps as ordinary calls; these take a millisecond, so the
+    learner runs the rest over a gloo group, formed once for the run."""
     config = _config(_ray(2, transport=transport), algorithm={"name": "maml", **LOOP})
     engine = build_engine(config, RunDir(tmp_path / "run"))
     try:
         assert len(list(engine.run(0, MEASURED_STEPS + 2))) == MEASURED_STEPS + 2
-        assert (engine._graph is not None) == compiled
+        assert engine.transport == ("collective" if grouped else "tasks")
+        generation = engine._generation
         assert len(list(engine.run(MEASURED_STEPS + 2, MEASURED_STEPS + 5))) == 3
-        assert (engine._graph is not None) == compiled  # the next segment reuses the graph
+        assert engine._generation == generation  # the next segment reuses the group
     finally:
         engine.close()
 
@@ -173,9 +176,10 @@ def test_resume_from_a_ray_checkpoint_on_either_engine(ray_cluster, reference_ru
     assert _same(reference_runs["maml"], _final(tmp_path / "b"))
 
 
-# Each fault meets both ways a sync step can go: ordinary actor calls, and a compiled graph
-# that Ray shuts down (a dead actor) or that returns the error, before ordinary calls recover.
-TRANSPORTS = pytest.mark.parametrize("transport", ["tasks", "compiled"])
+# Each fault meets every way a sync step can go: ordinary actor calls; a gloo group whose
+# peer dies or whose worker reports a failed slice; a compiled graph that Ray shuts down (a
+# dead actor) or that returns the error. The latter two hand over to ordinary calls.
+TRANSPORTS = pytest.mark.parametrize("transport", ["tasks", "collective", "compiled"])
 
 
 @TRANSPORTS

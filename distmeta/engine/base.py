@@ -41,7 +41,8 @@ class Engine(Protocol):
         ...
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (parameters, optimizer state, version)."""
+        """Everything needed to continue exactly (parameters, optimizer state, version).
+        Raises :class:`LearnerRestored` when the loop must rewind."""
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -234,6 +234,7 @@ def _loop(
                                 loss=f"{last['loss']:.4g}",
                                 rate=f"{last['tasks_per_s']:.0f}",
                             )
+                state = {"engine": engine.state_dict(), "torch_rng": torch.get_rng_state()}
             except LearnerRestored as restored:
                 step = restored.step
                 metrics_log.close()
@@ -241,7 +242,6 @@ def _loop(
                 history = [r for r in history if r["step"] <= step]
                 window.reset()
                 continue
-            state = {"engine": engine.state_dict(), "torch_rng": torch.get_rng_state()}
             name = folder.save_checkpoint(step, state)
             for callback in callbacks:
                 callback.on_checkpoint(step, folder, name)

@@ -14,53 +14,9 @@ graph and finishes the segment with ordinary calls, which retry and recompute.
 
 from __future__ import annotations
 
-import statistics
-from typing import Any, Literal
+from typing import Any
 
-import ray
-import ray.util.client
-
-from distmeta.config import EngineConfig
-
-__all__ = ["MEASURED_STEPS", "CompiledSyncSteps", "Transport", "choose_transport", "short_steps"]
-
-_COMPILED_MAX_PARAMETERS = 1_000_000
-"""Larger models keep actor calls under ``auto``: compiled graphs are untested with them."""
-MEASURED_STEPS = 20
-"""Steps ``auto`` runs as ordinary calls, timing the workers' compute, before it chooses."""
-_COMPILED_MAX_STEP_S = 0.05
-"""Longest median compute per step for which ``auto`` compiles: the driver waits on a compiled
-graph's result by polling, which takes a core from the workers for the whole step, while
-ordinary calls add a few milliseconds per step (BENCHMARKS.md)."""
-
-Transport = Literal["tasks", "compiled", "measure"]
-
-
-def choose_transport(
-    engine: EngineConfig, parameters: int, tree_reduction: bool, one_node: bool
-) -> Transport:
-    """How sync steps go (``engine.transport``); ``measure``: decide with
-    :func:`short_steps` once the first :data:`MEASURED_STEPS` steps ran as ordinary calls.
-
-    ``auto`` considers compiling sync steps with flat reduction of models up to 1M
-    parameters when the driver, the learner and every worker share one node: a graph whose
-    actor's node is removed does not fail, its step waits for ``engine.step_timeout_s``
-    (measured with ``ray.cluster_utils.Cluster``), while ordinary calls move the worker to
-    another node and go on. Nor through Ray Client, which cannot run compiled graphs.
-    """
-    if engine.mode != "sync" or tree_reduction:
-        return "tasks"
-    if engine.transport != "auto":
-        return engine.transport
-    client = (engine.address or "").startswith("ray://") or ray.util.client.ray.is_connected()
-    if client or not one_node or parameters > _COMPILED_MAX_PARAMETERS:
-        return "tasks"
-    return "measure"
-
-
-def short_steps(compute_seconds: list[float]) -> bool:
-    """Whether steps this long are worth compiling (median slowest-worker compute)."""
-    return statistics.median(compute_seconds) <= _COMPILED_MAX_STEP_S
+__all__ = ["CompiledSyncSteps"]
 
 
 class CompiledSyncSteps:

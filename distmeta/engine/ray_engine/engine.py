@@ -24,16 +24,12 @@ from distmeta.engine.base import LearnerRestored
 from distmeta.engine.experiment import build_experiment
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.ray_engine.cluster import RayConnection
-from distmeta.engine.ray_engine.compiled import (
-    MEASURED_STEPS,
-    CompiledSyncSteps,
-    choose_transport,
-    short_steps,
-)
+from distmeta.engine.ray_engine.compiled import CompiledSyncSteps
 from distmeta.engine.ray_engine.learner_actor import LearnerActor
 from distmeta.engine.ray_engine.messages import SliceResult, merge_results
 from distmeta.engine.ray_engine.placement import learner_strategy
 from distmeta.engine.ray_engine.pool import WorkerPool
+from distmeta.engine.ray_engine.transport import MEASURED_STEPS, choose_transport, short_steps
 from distmeta.engine.rundir import RunDir
 from distmeta.engine.schedule import OuterLRSchedule
 from distmeta.errors import ClusterError, TaskFailedError
@@ -46,6 +42,20 @@ submission order, so step s+1 still reads the parameters after step s; submittin
 hides the driver's round trip, which decides the speed of small models."""
 
 _WORKER_START_TIMEOUT_S = 300.0
+
+_CHUNK_S = 0.5
+"""Seconds of steps the learner runs per call under ``engine.transport: collective``: long
+enough that the driver's calls are rare, short enough for a live progress bar."""
+_MAX_CHUNK = 1024
+_JOIN_TIMEOUT_S = 120.0
+"""How long forming a gloo group may wait for its members (a restarting worker included)."""
+
+
+def _chunk_steps(records: list[dict[str, Any]]) -> int:
+    """Steps that take about :data:`_CHUNK_S`, from the last chunk's compute times (plus a
+    millisecond of communication per step)."""
+    per_step = sorted(r["worker_seconds"] for r in records)[len(records) // 2] + 0.001
+    return max(1, min(_MAX_CHUNK, int(_CHUNK_S / per_step)))
 
 
 class _SliceLost(Exception):
@@ -130,12 +140,11 @@ class RayEngine:
         self.tree_reduction = _use_tree(
             config.engine.reduction, config.engine.workers, self.layout.numel
         )
-        here = ray.get_runtime_context().get_node_id()
-        nodes = {entry["node"] for entry in self.placement} | {ray.get(self.learner.node.remote())}
-        self.transport = choose_transport(
-            config.engine, self.layout.numel, self.tree_reduction, one_node=nodes == {here}
-        )
+        self.transport = choose_transport(config.engine, self.layout.numel, self.tree_reduction)
         self._step_seconds: list[float] = []
+        self._chunk = 8
+        self._generation = 0
+        self._group_names: list[str] | None = None
         self._graph: CompiledSyncSteps | None = None
         self._learner_incarnation = ray.get(self.learner.incarnation.remote())
         self._params_ref: ray.ObjectRef | None = None
@@ -155,10 +164,11 @@ class RayEngine:
         return {name: p.clone() for name, p in self.layout.unflatten(flat).items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "learner": ray.get(self.learner.state_dict.remote()),
-            "next_request": self._next_request,
-        }
+        try:
+            learner = ray.get(self.learner.state_dict.remote())
+        except RayActorError:  # it died after the segment's last step was reported
+            raise self._learner_restored() from None
+        return {"learner": learner, "next_request": self._next_request}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ray.get(self.learner.load_state_dict.remote(state["learner"]))
@@ -183,13 +193,90 @@ class RayEngine:
                 self._step_seconds.append(metrics["worker_seconds"])
                 yield metrics
             if len(self._step_seconds) >= MEASURED_STEPS:
-                self.transport = "compiled" if short_steps(self._step_seconds) else "tasks"
+                self.transport = "collective" if short_steps(self._step_seconds) else "tasks"
             start = measured
+        if self.transport == "collective":
+            yield from self._run_collective(start, stop)
+            return
         graph = self._compiled_steps() if self.transport == "compiled" else None
         if graph is None:
             yield from self._run_tasks(start, stop)
         else:
             yield from self._run_compiled(graph, start, stop)
+
+    def _run_collective(self, start: int, stop: int) -> Iterator[dict[str, float]]:
+        """Steps the learner runs over the gloo group (:mod:`.collective`), in chunks of
+        about :data:`_CHUNK_S`; the next chunk is queued at the learner before this one is
+        read, so the learner never waits for the driver.
+
+        A chunk that stops early (a slice failed, a peer died) hands the rest of the segment
+        to actor calls, which retry, recompute and name a failing task; the next segment
+        builds a new group.
+        """
+        names = self._group_names or self._open_group()
+        if names is None:
+            yield from self._run_tasks(start, stop)
+            return
+        self._params_ref = None
+        bounds = slice_bounds(self.config.train.meta_batch_size, len(self.pool))
+        timeout = self.config.engine.step_timeout_s
+        pending: deque[tuple[int, int, ray.ObjectRef]] = deque()
+        step, failed = start, None
+        while failed is None and (step < stop or pending):
+            while step < stop and len(pending) < 2:
+                chunk = min(self._chunk, stop - step)
+                ref = self.learner.drive_steps.remote(
+                    self._generation,
+                    self.pool.workers,
+                    bounds,
+                    step,
+                    step + chunk,
+                    names,
+                )
+                pending.append((step, chunk, ref))
+                step += chunk
+            first, chunk, ref = pending.popleft()
+            try:
+                records, failure = ray.get(ref, timeout=timeout * (chunk + 1))
+            except GetTimeoutError:
+                raise self._stalled(first) from None
+            except RayActorError:
+                self._group_names = None
+                raise self._learner_restored() from None
+            for record in records:
+                yield _step_metrics(record)
+            if failure is not None:
+                failed = first + len(records)
+                self._group_names = None
+            elif records:
+                self._chunk = _chunk_steps(records)
+        if failed is not None:
+            yield from self._after_failed_step(failed, stop)
+
+    def _open_group(self) -> list[str] | None:
+        """A new gloo group of the learner and the workers; the metric names they send, or
+        ``None`` if it could not be built (the segment then runs as actor calls)."""
+        self._generation += 1
+        timeout = min(self.config.engine.step_timeout_s, _JOIN_TIMEOUT_S)
+        try:
+            address = ray.get(
+                self.learner.open_group.remote(len(self.pool) + 1, self._generation, timeout),
+                timeout=timeout,
+            )
+            joins = [self.learner.join_group.remote(timeout)] + [
+                worker.join_group.remote(address, rank, timeout)
+                for rank, worker in enumerate(self.pool.workers, start=1)
+            ]
+            self._group_names = ray.get(joins, timeout=2 * timeout)[1]
+        except RayError as error:
+            warnings.warn(
+                f"this segment's sync steps run as actor calls: the gloo group did not form "
+                f"({type(error).__name__}: {error})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        return self._group_names
 
     def _compiled_steps(self) -> CompiledSyncSteps | None:
         """The run's compiled graph (built once, again after a failure); ``None`` if Ray
@@ -254,9 +341,9 @@ class RayEngine:
             if not finished:
                 self._drop_graph()
         if failed is not None:
-            yield from self._after_compiled_failure(failed, stop)
+            yield from self._after_failed_step(failed, stop)
 
-    def _after_compiled_failure(self, failed: int, stop: int) -> Iterator[dict[str, float]]:
+    def _after_failed_step(self, failed: int, stop: int) -> Iterator[dict[str, float]]:
         incarnation = ray.get(self.learner.incarnation.options(max_task_retries=-1).remote())
         if incarnation != self._learner_incarnation:
             raise self._learner_restored()

@@ -13,6 +13,13 @@ import torch
 
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
+from distmeta.engine.ray_engine.collective import (
+    GroupAddress,
+    LearnerChannel,
+    SliceFailed,
+    connect,
+    open_store,
+)
 from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult, merge_results
 from distmeta.engine.rundir import RunDir
 from distmeta.engine.schedule import OuterLRSchedule
@@ -51,6 +58,7 @@ class LearnerActor:
         torch.set_num_threads(1)
         self.incarnation_id = uuid.uuid4().hex
         self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._channel: LearnerChannel | None = None
         self.learner = Learner(layout, torch.from_numpy(np.array(initial)), optimizer, lr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own property
@@ -72,9 +80,6 @@ class LearnerActor:
     def incarnation(self) -> str:
         """Differs after Ray restarted this actor (and it restored a checkpoint)."""
         return self.incarnation_id
-
-    def node(self) -> str:
-        return ray.get_runtime_context().get_node_id()
 
     def step_params(self, step: int) -> ParamsMessage:
         """The parameters step ``step`` reads: the current ones (a compiled graph's first
@@ -120,6 +125,56 @@ class LearnerActor:
         while len(self._recent) > _METRICS_KEPT:
             self._recent.popitem(last=False)
         return metrics, self._message()
+
+    def open_group(self, world: int, generation: int, timeout_s: float) -> GroupAddress:
+        """Start the rendezvous of a gloo group of this learner and ``world - 1`` workers
+        (``engine.transport: collective``); :meth:`join_group` completes it."""
+        self._channel = None
+        self._store, self._address = open_store(world, generation, timeout_s)
+        return self._address
+
+    def join_group(self, timeout_s: float) -> None:
+        group = connect(self._address, 0, timeout_s, store=self._store)
+        self._channel = LearnerChannel(group, self._address.generation, self.learner.theta.numel())
+
+    def drive_steps(
+        self,
+        generation: int,
+        workers: list[Any],
+        bounds: list[tuple[int, int]],
+        start: int,
+        stop: int,
+        names: list[str],
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Run sync steps ``start..stop-1`` over the gloo group: the driver is out of the
+        steps' path and waits once per chunk.
+
+        Returns the applied steps' records and, if the chunk stopped early, why: ``failed``
+        (a worker could not compute its slice, or the group broke: a peer died) or
+        ``skipped`` (the learner is not at version ``start``, or has no group
+        ``generation``). The driver finishes the segment with actor calls, which retry,
+        recompute and name a failing task.
+        """
+        channel = self._channel
+        if self.learner.version != start or channel is None or channel.generation != generation:
+            return [], "skipped"
+        batch_size = bounds[-1][1]
+        serving = [
+            worker.serve_steps.remote(generation, start, stop, lo, hi)
+            for worker, (lo, hi) in zip(workers, bounds, strict=True)
+        ]
+        records = []
+        try:
+            for step in range(start, stop):
+                results = channel.step(step, self.learner.theta, bounds, names)
+                records.append(self._apply_sync(step, batch_size, tuple(results))[0])
+        except SliceFailed:
+            return records, "failed"
+        except RuntimeError:  # gloo: a peer closed its sockets (died) or timed out
+            self._channel = None
+            return records, "failed"
+        ray.get(serving)
+        return records, None
 
     @ray.method(num_returns=2)
     def apply_async(

@@ -14,6 +14,7 @@ import torch
 from distmeta.config import parse_config
 from distmeta.engine.experiment import build_experiment
 from distmeta.engine.layout import ParamLayout
+from distmeta.engine.ray_engine.collective import GroupAddress, WorkerChannel, connect
 from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult
 
 __all__ = ["TaskWorker"]
@@ -39,6 +40,7 @@ class TaskWorker:
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.experiment = build_experiment(self.config, self.device)
         self.layout = ParamLayout.of(self.experiment.algorithm.init_params())
+        self._channel: WorkerChannel | None = None
 
     def ready(self) -> dict[str, Any]:
         """Where this worker runs (answers once the actor is constructed)."""
@@ -66,3 +68,36 @@ class TaskWorker:
         return SliceResult(
             step, start, stop, params.version, grad_sum, residual, total.stats, seconds
         )
+
+    def join_group(self, address: GroupAddress, rank: int, timeout_s: float) -> list[str]:
+        """Join the learner's gloo group (``engine.transport: collective``); returns the
+        names of the metrics this worker's slices report, in the order it sends them."""
+        self._channel = None
+        group = connect(address, rank, timeout_s)
+        probe = self.experiment.source.sample(self.config.seed, 0, range(1))
+        names = list(self.experiment.algorithm.stat_names(probe))
+        self._channel = WorkerChannel(group, address.generation, self.layout.numel, names)
+        return names
+
+    def serve_steps(self, generation: int, start: int, stop: int, lo: int, hi: int) -> str:
+        """Compute tasks ``lo..hi-1`` of steps ``start..stop-1`` as the learner broadcasts
+        their parameters. Returns how the chunk ended: ``done``, ``stopped`` by the learner,
+        ``broken`` (a peer died) or ``no group`` (a call Ray retried in a restarted worker)."""
+        channel = self._channel
+        if channel is None or channel.generation != generation:
+            return "no group"
+        try:
+            for _ in range(start, stop):
+                received = channel.receive()
+                if received is None:
+                    return "stopped"
+                version, flat = received
+                try:
+                    result = self.compute(ParamsMessage(version, flat.numpy()), version, lo, hi)
+                except Exception:  # any failure: actor calls recompute the step and report it
+                    result = None
+                channel.send(version, result)
+        except RuntimeError:  # gloo: the learner or another worker died
+            self._channel = None
+            return "broken"
+        return "done"
