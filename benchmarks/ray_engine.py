@@ -7,7 +7,8 @@
               alternated (1, 2, 1, 2 ...); parallel efficiency = tps(2) / (2 tps(1)). Target >= 85%.
 ``small``     The sinusoid paper config (70,000 steps of a 40-40 MLP): wall time of the local
               engine and of the ray engine with 2 workers, its sync steps as ordinary actor
-              calls (``engine.transport=tasks``) and as a compiled graph (``compiled``).
+              calls (``engine.transport=tasks``), a compiled graph (``compiled``) and over a
+              gloo group (``collective``). Target <= 2x the local engine's wall time.
               Target: ray <= 2x local.
 
 Usage::

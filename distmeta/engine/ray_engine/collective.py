@@ -18,6 +18,7 @@ which retry and name the task.
 from __future__ import annotations
 
 import datetime
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -55,17 +56,26 @@ class GroupAddress:
 
 
 def open_store(world: int, generation: int, timeout_s: float) -> tuple[TCPStore, GroupAddress]:
-    """The rendezvous store, on a free port of this node's Ray address (rank 0 calls this)."""
+    """The rendezvous store on a free port of this node's Ray address (rank 0 calls this).
+
+    The store listens on that address only (torch's own would listen on every interface).
+    """
     host = ray.util.get_node_ip_address()
+    family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, proto)
+    listener.bind(address)
+    listener.listen()
+    port = listener.getsockname()[1]
     store = TCPStore(
         host,
-        0,
+        port,
         world,
         is_master=True,
         timeout=datetime.timedelta(seconds=timeout_s),
         wait_for_workers=False,
+        master_listen_fd=listener.detach(),  # the store owns the socket from here
     )
-    return store, GroupAddress(host, store.port, world, generation)
+    return store, GroupAddress(host, port, world, generation)
 
 
 def connect(
