@@ -8,8 +8,7 @@
 ``small``     The sinusoid paper config (70,000 steps of a 40-40 MLP): wall time of the local
               engine and of the ray engine with 2 workers, its sync steps as ordinary actor
               calls (``engine.transport=tasks``), a compiled graph (``compiled``) and over a
-              gloo group (``collective``). Target <= 2x the local engine's wall time.
-              Target: ray <= 2x local.
+              gloo group (``collective``). Target: ray <= 2x local.
 
 Usage::
 
