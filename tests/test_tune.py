@@ -186,7 +186,9 @@ def test_pbt_trials_continue_the_checkpoints_of_better_ones(ray_cluster, tmp_pat
     """The worse trial exploits the better one: it resumes the better trial's checkpoint in
     its own run folder, with perturbed values, and finishes."""
     config = _config(
-        train={"steps": 600},  # a few seconds per trial: they overlap despite their start-up
+        # Several seconds per trial, so that they overlap despite their start-up also on a
+        # loaded machine (with 600 steps one finished before the other started, once).
+        train={"steps": 2000},
         tune={
             # Continuous, so that a perturbed value never equals the donor's: a clone with the
             # same values would train exactly like its donor (tasks are named by seed and
@@ -195,7 +197,7 @@ def test_pbt_trials_continue_the_checkpoints_of_better_ones(ray_cluster, tmp_pat
             "search": None,  # random, as PBT needs
             "scheduler": "pbt",
             "pbt": {"perturbation_interval": 1},
-            "report_every": 100,
+            "report_every": 250,
             "num_samples": 2,
             "max_concurrent_trials": None,
         },
@@ -206,7 +208,7 @@ def test_pbt_trials_continue_the_checkpoints_of_better_ones(ray_cluster, tmp_pat
     assert exploits, "no trial exploited the other"
     for trial in result.trials:
         run = dm.load_run(trial.run_dir)
-        assert run.step == 600
+        assert run.step == 2000
         assert run.config.algorithm.outer_lr == trial.values["algorithm.outer_lr"]
 
 
