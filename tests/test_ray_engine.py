@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from distmeta.config import parse_config
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
 from distmeta.engine.ray_engine import slice_bounds
+from distmeta.engine.ray_engine.collective import open_store
 from distmeta.engine.ray_engine.messages import SliceResult, merge_results
 from distmeta.engine.ray_engine.transport import MEASURED_STEPS, choose_transport, short_steps
 from distmeta.engine.rundir import MetricsLog, RunDir
@@ -150,6 +152,17 @@ def test_short_sync_steps_run_over_one_gloo_group(ray_cluster, tmp_path, transpo
         assert engine._generation == generation  # the next segment reuses the group
     finally:
         engine.close()
+
+
+def test_the_gloo_rendezvous_listens_on_the_ray_address_only(ray_cluster):
+    """torch's own TCPStore would listen on every interface; 127.0.0.2 is loopback too, so
+    a store listening everywhere would accept there."""
+    store, address = open_store(world=2, generation=1, timeout_s=5)
+    assert address.host == "127.0.0.1"
+    socket.create_connection(("127.0.0.1", address.port), timeout=5).close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", address.port), timeout=5)
+    del store
 
 
 def test_merging_refuses_slices_that_do_not_fit_together():

@@ -241,7 +241,6 @@ class RayEngine:
             except GetTimeoutError:
                 raise self._stalled(first) from None
             except RayActorError:
-                self._group_names = None
                 raise self._learner_restored() from None
             for record in records:
                 yield _step_metrics(record)
@@ -429,6 +428,7 @@ class RayEngine:
         """Wait for Ray to restart the learner; it restores the newest checkpoint."""
         self.pool.forget_all()
         self._drop_graph()
+        self._group_names = None  # the restarted learner is in no group
         self._params_ref = None
         version = ray.get(self.learner.version.options(max_task_retries=-1).remote())
         self._learner_incarnation = ray.get(self.learner.incarnation.remote())
