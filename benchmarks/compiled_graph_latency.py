@@ -1,5 +1,6 @@
 """Per-step call overhead of a sync step's shape: learner -> 2 workers -> learner, as ordinary
-actor calls and as a Ray Compiled Graph, with ``--work`` seconds of busy compute per worker.
+actor calls from the driver, as actor calls the learner makes itself (the driver waits once
+for all steps), and as a Ray Compiled Graph, with ``--work`` seconds of busy compute per worker.
 
     python benchmarks/compiled_graph_latency.py --work 0 --steps 2000
 """

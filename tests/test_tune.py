@@ -186,8 +186,9 @@ def test_pbt_trials_continue_the_checkpoints_of_better_ones(ray_cluster, tmp_pat
     """The worse trial exploits the better one: it resumes the better trial's checkpoint in
     its own run folder, with perturbed values, and finishes."""
     config = _config(
-        # Several seconds per trial, so that they overlap despite their start-up also on a
-        # loaded machine (with 600 steps one finished before the other started, once).
+        # Several seconds per trial and 8 reports each: they overlap despite their start-up,
+        # and more checkpoints than Tune keeps under other schedulers (with a limit, PBT's
+        # restores and Tune's retention collided and failed a trial).
         train={"steps": 2000},
         tune={
             # Continuous, so that a perturbed value never equals the donor's: a clone with the

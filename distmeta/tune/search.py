@@ -50,7 +50,10 @@ TRIALS_FILE = "trials.csv"
 BEST_FILE = "best.yaml"
 CONFIG_FILE = "config.yaml"
 _CHECKPOINTS_KEPT = 4
-"""Tune checkpoints kept per trial (PBT clones the newest of a good trial)."""
+"""Tune checkpoints kept per trial, except under PBT, which keeps them all: with a limit,
+Ray 2.60's retention deletes a trial's old checkpoint after PBT restored the trial from
+another's, then fails the trial when it finds that checkpoint gone (FileNotFoundError in
+``register_checkpoint``: seen in a two-trial PBT test; Tune's long-known PBT/retention race)."""
 
 
 @dataclass
@@ -287,7 +290,9 @@ def _fit(
         run_config=tune.RunConfig(
             name=TRIALS,
             storage_path=str(Path(trials_dir).parent),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=_CHECKPOINTS_KEPT),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if config.tune.scheduler == "pbt" else _CHECKPOINTS_KEPT
+            ),
             verbose=1 if progress else 0,
         ),
     )

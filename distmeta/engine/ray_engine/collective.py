@@ -146,6 +146,7 @@ class WorkerChannel:
         self.group = group
         self.generation = generation
         self.names = names
+        self._numel = numel
         self._command = torch.zeros(_HEADER + numel, dtype=torch.float64)
         self._payload = torch.zeros(_payload_size(numel, len(names)), dtype=torch.float64)
 
@@ -168,7 +169,7 @@ class WorkerChannel:
             payload[_HEADER : _HEADER + count] = torch.tensor(
                 [result.stats[name] for name in self.names], dtype=torch.float64
             )
-            numel = (payload.numel() - _HEADER - count) // 2
+            numel = self._numel
             # Gradient sums are float64 (ACCUMULATOR_DTYPE): copied without rounding.
             payload[_HEADER + count : _HEADER + count + numel] = torch.from_numpy(result.grad_sum)
             payload[_HEADER + count + numel :] = torch.from_numpy(result.residual)
