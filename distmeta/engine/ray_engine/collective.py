@@ -95,6 +95,12 @@ def connect(
     return ProcessGroupGloo(store, rank, address.world, options)
 
 
+def _sections(numel: int, metrics: int) -> tuple[slice, slice, slice]:
+    """Where a worker's payload holds the metric sums, the gradient sum and the residual."""
+    grads = _HEADER + metrics
+    return slice(_HEADER, grads), slice(grads, grads + numel), slice(grads + numel, None)
+
+
 def _payload_size(numel: int, metrics: int) -> int:
     return _HEADER + metrics + 2 * numel
 
@@ -164,15 +170,14 @@ class WorkerChannel:
             payload.zero_()
             payload[0] = _FAILED
         else:
-            count = len(self.names)
+            stats, grads, residual = _sections(self._numel, len(self.names))
             payload[0], payload[1] = _OK, result.compute_s
-            payload[_HEADER : _HEADER + count] = torch.tensor(
+            payload[stats] = torch.tensor(
                 [result.stats[name] for name in self.names], dtype=torch.float64
             )
-            numel = self._numel
             # Gradient sums are float64 (ACCUMULATOR_DTYPE): copied without rounding.
-            payload[_HEADER + count : _HEADER + count + numel] = torch.from_numpy(result.grad_sum)
-            payload[_HEADER + count + numel :] = torch.from_numpy(result.residual)
+            payload[grads] = torch.from_numpy(result.grad_sum)
+            payload[residual] = torch.from_numpy(result.residual)
         self.group.send([payload], 0, version).wait()
 
 
@@ -184,9 +189,9 @@ def _unpack(
     names: list[str],
     numel: int,
 ) -> SliceResult:
-    count = len(names)
+    stats, grads, residual = _sections(numel, len(names))
     values = buffer.numpy()
-    stats = dict(zip(names, values[_HEADER : _HEADER + count].tolist(), strict=True))
-    grads = values[_HEADER + count : _HEADER + count + numel]
-    residual = values[_HEADER + count + numel :]
-    return SliceResult(version, start, stop, version, grads, residual, stats, float(values[1]))
+    metrics = dict(zip(names, values[stats].tolist(), strict=True))
+    return SliceResult(
+        version, start, stop, version, values[grads], values[residual], metrics, float(values[1])
+    )
