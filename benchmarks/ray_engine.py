@@ -9,12 +9,16 @@
               engine and of the ray engine with 2 workers, its sync steps as ordinary actor
               calls (``engine.transport=tasks``), a compiled graph (``compiled``) and over a
               gloo group (``collective``). Target: ray <= 2x local.
+``latency``   The same config: wall time per sync step of each of those after ``--warmup``
+              steps (which include ``torch.compile``), with the slowest worker's compute:
+              what the ``small`` target is made of.
 
 Usage::
 
     python benchmarks/ray_engine.py overhead --data data/omniglot --steps 40
     python benchmarks/ray_engine.py scaling --data data/omniglot --steps 20 --rounds 2
     python benchmarks/ray_engine.py small --steps 70000
+    python benchmarks/ray_engine.py latency --warmup 1000 --steps 5000
 """
 
 from __future__ import annotations
@@ -33,8 +37,23 @@ import distmeta as dm
 from distmeta.config import apply_overrides, parse_config
 from distmeta.engine.ray_engine import RayEngine
 from distmeta.engine.rundir import RunDir
+from distmeta.engine.trainer import build_engine
 
 REPO = Path(__file__).resolve().parents[1]
+_RAY = ["engine.name=ray", "engine.workers=2", "engine.worker_resources.num_cpus=1"]
+SINUSOID_ENGINES = {
+    "local": ["engine.name=local"],
+    "ray-tasks": [*_RAY, "engine.transport=tasks"],
+    "ray-compiled": [*_RAY, "engine.transport=compiled"],
+    "ray-collective": [*_RAY, "engine.transport=collective"],
+}
+"""What ``small`` and ``latency`` compare: overrides of configs/sinusoid_maml.yaml."""
+
+
+def sinusoid_config(engine: str, *overrides: str) -> dm.ExperimentConfig:
+    raw = yaml.safe_load((REPO / "configs" / "sinusoid_maml.yaml").read_text())
+    extra = [*SINUSOID_ENGINES[engine], *overrides, "tracking.enabled=false"]
+    return parse_config(apply_overrides(raw, extra))
 
 
 def omniglot_config(
@@ -103,19 +122,9 @@ def scaling(args: argparse.Namespace) -> None:
 
 
 def small(args: argparse.Namespace) -> None:
-    raw = yaml.safe_load((REPO / "configs" / "sinusoid_maml.yaml").read_text())
     walls = {}
-    ray_engine = ["engine.name=ray", "engine.workers=2", "engine.worker_resources.num_cpus=1"]
-    engines = {
-        "local": ["engine.name=local"],
-        "ray-tasks": [*ray_engine, "engine.transport=tasks"],
-        "ray-compiled": [*ray_engine, "engine.transport=compiled"],
-        "ray-collective": [*ray_engine, "engine.transport=collective"],
-    }
     for name in args.engines:
-        overrides = list(engines[name])
-        overrides += [f"train.steps={args.steps}", "tracking.enabled=false"]
-        config = parse_config(apply_overrides(raw, overrides))
+        config = sinusoid_config(name, f"train.steps={args.steps}")
         with tempfile.TemporaryDirectory() as folder:
             began = time.perf_counter()
             result = dm.train(config, run_dir=folder, progress=False)
@@ -128,9 +137,28 @@ def small(args: argparse.Namespace) -> None:
             print(f"{name} / local wall time: {walls[name] / walls['local']:.2f}")
 
 
+def latency(args: argparse.Namespace) -> None:
+    for name in args.engines:
+        with tempfile.TemporaryDirectory() as folder:
+            engine = build_engine(sinusoid_config(name), RunDir(folder))
+            try:
+                for _ in engine.run(0, args.warmup):
+                    pass
+                began = time.perf_counter()
+                records = list(engine.run(args.warmup, args.warmup + args.steps))
+                seconds = time.perf_counter() - began
+            finally:
+                engine.close()
+        line = f"{name}: {1e3 * seconds / args.steps:.3f} ms per step"
+        if name != "local":
+            compute = statistics.median(r["worker_seconds"] for r in records)
+            line += f", slowest worker's compute {1e3 * compute:.3f} ms (median)"
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["overhead", "scaling", "small"])
+    parser.add_argument("which", choices=["overhead", "scaling", "small", "latency"])
     parser.add_argument("--data", default="data/omniglot")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
@@ -141,9 +169,9 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         nargs="+",
-        default=["local", "ray-tasks", "ray-compiled", "ray-collective"],
-        choices=["local", "ray-tasks", "ray-compiled", "ray-collective"],
-        help="what small runs, in this order",
+        default=list(SINUSOID_ENGINES),
+        choices=list(SINUSOID_ENGINES),
+        help="what small and latency run, in this order",
     )
     args = parser.parse_args()
     ray.init(
@@ -153,7 +181,8 @@ def main() -> None:
         logging_level=logging.WARNING,
     )
     try:
-        {"overhead": overhead, "scaling": scaling, "small": small}[args.which](args)
+        commands = {"overhead": overhead, "scaling": scaling, "small": small, "latency": latency}
+        commands[args.which](args)
     finally:
         ray.shutdown()
 
