@@ -111,6 +111,10 @@ class FewShotTaskConfig(_Section):
     """Seed of the train/validation split of classes (independent of the run's seed)."""
     split_by: Literal["character", "alphabet"] = "character"
     """Hold out single characters, or whole alphabets (validation on unseen alphabets)."""
+    shift: NonNegativeInt = 0
+    """Meta-training moves each image by a random 0..``shift`` pixels up or down and left or
+    right (edge pixels fill the gap): augmentation against overfitting the training classes.
+    Evaluation tasks are never shifted."""
     eval_split: Literal["held_out", "val", "all"] = "held_out"
     """Classes of evaluation tasks: ``held_out`` is every class of a file prepared as held out
     (Omniglot's images_evaluation), else the validation classes."""

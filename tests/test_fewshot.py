@@ -91,12 +91,59 @@ def test_rotations_of_real_drawings(omniglot):
     assert batch.query_x.min() == 0 and batch.query_x.max() == 1
     assert batch.query_x.mean() < 0.3  # inverted: mostly background 0, ink 1
     for index in range(4):
-        rows, turns = source._rows(3, 1, index)
+        rows, turns = source._draw(3, 1, index)
         for label in range(5):
             stored = images.images(rows[label, :1])[0]
             expected = 1 - np.rot90(stored, turns[label]).transpose(2, 0, 1) / 255
             actual = batch.support_x[index, label].numpy()
             np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+
+
+def moved(image: np.ndarray, down: int, right: int) -> np.ndarray:
+    """``image [H, W]`` moved ``down`` and ``right`` pixels (negative: up, left), the nearest
+    edge pixel filling what it leaves: a per-pixel reference for the sampler's shift."""
+    height, width = image.shape
+    out = np.empty_like(image)
+    for r in range(height):
+        for c in range(width):
+            out[r, c] = image[min(max(r - down, 0), height - 1), min(max(c - right, 0), width - 1)]
+    return out
+
+
+def test_shift_moves_each_image_and_leaves_the_task_otherwise_unchanged(omniglot):
+    plain = FewShotImages(omniglot, ways=5, shots=1, query=3, split="all")
+    shifted = FewShotImages(omniglot, ways=5, shots=1, query=3, split="all", shift=3)
+    batch, moved_batch = plain.sample(5, 2, range(3)), shifted.sample(5, 2, range(3))
+    assert torch.equal(batch.support_y, moved_batch.support_y)
+    offsets_seen = set()
+    for index in range(3):
+        rows, turns, offsets = shifted._draw(5, 2, index)
+        plain_rows, plain_turns = plain._draw(5, 2, index)
+        assert np.array_equal(rows, plain_rows) and np.array_equal(turns, plain_turns)
+        for label in range(5):
+            images = [batch.support_x[index, label, 0]] + [
+                batch.query_x[index, 3 * label + q, 0] for q in range(3)
+            ]
+            got = [moved_batch.support_x[index, label, 0]] + [
+                moved_batch.query_x[index, 3 * label + q, 0] for q in range(3)
+            ]
+            for image, actual, (row, col) in zip(images, got, offsets[label], strict=True):
+                expected = moved(image.numpy(), 3 - int(row), 3 - int(col))
+                np.testing.assert_array_equal(actual.numpy(), expected)
+                offsets_seen.add((int(row), int(col)))
+    assert len(offsets_seen) > 10 and all(0 <= o <= 6 for pair in offsets_seen for o in pair)
+    with pytest.raises(ConfigError, match="shift=14 moves whole 28x28 images"):
+        FewShotImages(omniglot, 5, 1, 1, split="all", shift=14)
+    with pytest.raises(ValueError, match="shift must be >= 0"):
+        FewShotImages(omniglot, 5, 1, 1, split="all", shift=-1)
+
+
+def test_shift_applies_to_meta_training_tasks_only(omniglot):
+    config = parse_config(
+        {"task": {"name": "fewshot", "path": str(omniglot), "shift": 2}, "model": {"name": "conv4"}}
+    )
+    assert build_task_source(config).shift == 2
+    assert build_task_source(config, split="eval").shift == 0
 
 
 def test_split_by_character_is_deterministic_and_disjoint(marked):

@@ -53,6 +53,18 @@ def _validation_mask(
     return np.array([held[alphabet] for alphabet in alphabets], dtype=bool)
 
 
+def _shifted(pixels: np.ndarray, offsets: np.ndarray, shift: int) -> np.ndarray:
+    """Each image of ``pixels [..., H, W, C]`` cut at ``offsets [..., 2]`` out of a copy
+    padded by ``shift`` repeated edge pixels on every side: moved by ``shift - offset``."""
+    height, width = pixels.shape[-3:-1]
+    pad = [(0, 0)] * (pixels.ndim - 3) + [(shift, shift), (shift, shift), (0, 0)]
+    padded = np.pad(pixels, pad, mode="edge")
+    rows = offsets[..., 0, None] + np.arange(height)  # [..., H]
+    cols = offsets[..., 1, None] + np.arange(width)  # [..., W]
+    padded = np.take_along_axis(padded, rows[..., :, None, None], axis=-3)
+    return np.take_along_axis(padded, cols[..., None, :, None], axis=-2)
+
+
 class FewShotImages:
     """Episodes of N-way K-shot classification with Q queries per class (Omniglot, mini-ImageNet).
 
@@ -68,6 +80,12 @@ class FewShotImages:
         four classes (Omniglot: 964 characters give 3856 classes), the protocol of the MAML
         and Prototypical Networks papers; all four rotations of a class fall on the same side
         of the train/validation split.
+
+        With ``shift``, every image moves by a random whole number of pixels in
+        ``[-shift, shift]`` along each axis, its edge pixels repeated into the gap: an
+        augmentation of meta-training tasks against overfitting the training classes (the
+        run's evaluation tasks are never shifted). Draws come from the task's own generator
+        after its classes and images, so ``shift=0`` tasks are unchanged.
 
         Pixels reach the network as ``x / 255`` in ``[0, 1]``; for sets marked ``invert``
         (Omniglot: black ink on white paper) as ``1 - x / 255``, so ink is 1 and background 0,
@@ -90,6 +108,7 @@ class FewShotImages:
         split_seed: Seed of the train/validation split.
         split_by: Hold out whole classes (``"character"``) or whole alphabets (``"alphabet"``:
             validation tasks then come from alphabets meta-training never saw).
+        shift: Largest translation of an image in pixels along each axis (0: none).
         dtype: Floating-point type of the images.
 
     Raises:
@@ -111,17 +130,20 @@ class FewShotImages:
         val_fraction: float = 0.2,
         split_seed: int = 0,
         split_by: Literal["character", "alphabet"] = "character",
+        shift: int = 0,
         dtype: torch.dtype = torch.float32,
     ):
         if min(ways, shots, query) <= 0:
             raise ValueError(f"ways, shots and query must be positive, got {(ways, shots, query)}")
+        if shift < 0:
+            raise ValueError(f"shift must be >= 0 pixels, got {shift}")
         if split not in ("train", "val", "all", "held_out"):
             raise ValueError(f"split must be train, val, all or held_out, got {split!r}")
         images = ImageSet(path)
         info = images.info
         self.path = images.path.resolve()
         self.ways, self.shots, self.query = int(ways), int(shots), int(query)
-        self.rotations, self.dtype = bool(rotations), dtype
+        self.rotations, self.shift, self.dtype = bool(rotations), int(shift), dtype
         if rotations and info.height != info.width:
             raise ConfigError(
                 f"rotations need square images, {self.path} holds {info.height}x{info.width}"
@@ -149,6 +171,11 @@ class FewShotImages:
         self._width = int(counts.max()) if counts.size else 0
         self._padding = np.arange(self._width)[None, :] >= self._counts[:, None]
         self._check_sizes(counts)
+        if 2 * self.shift >= min(info.height, info.width):
+            raise ConfigError(
+                f"shift={self.shift} moves whole {info.height}x{info.width} images of "
+                f"{self.path} out of view: it must be under half the smaller side"
+            )
 
     def _check_sizes(self, counts: np.ndarray) -> None:
         where = f"the {self.split} split of {self.path}"
@@ -180,28 +207,35 @@ class FewShotImages:
             self._images = images
         return self._images
 
-    def _rows(self, seed: int, step: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row numbers ``[ways, shots + query]`` and quarter turns ``[ways]`` of one task."""
+    def _draw(self, seed: int, step: int, index: int) -> tuple[np.ndarray, ...]:
+        """One task: row numbers ``[ways, n]``, quarter turns ``[ways]`` and, with ``shift``,
+        each image's offsets ``[ways, n, 2]`` into its edge-padded copy (``n = shots + query``)."""
         rng = task_rng(seed, step, index)
         picks = rng.choice(self.classes, self.ways, replace=False)
         classes = self._classes[picks // self._turns]
         # Random keys, padding positions last: the first shots + query are distinct images.
         keys = rng.random((self.ways, self._width))
         keys[self._padding[classes]] = 2.0
-        positions = np.argsort(keys, axis=1)[:, : self.shots + self.query]
-        return self._order[self._starts[classes][:, None] + positions], picks % self._turns
+        n = self.shots + self.query
+        positions = np.argsort(keys, axis=1)[:, :n]
+        rows = self._order[self._starts[classes][:, None] + positions]
+        if not self.shift:
+            return rows, picks % self._turns
+        return rows, picks % self._turns, rng.integers(0, 2 * self.shift + 1, (self.ways, n, 2))
 
     def sample(self, seed: int, step: int, indices: Sequence[int]) -> TaskBatch:
         indices = list(indices)
         images = self._open()
-        tasks = [self._rows(seed, step, i) for i in indices]
-        rows = np.stack([rows for rows, _ in tasks])
-        turns = np.stack([turns for _, turns in tasks])
+        tasks = [self._draw(seed, step, i) for i in indices]
+        rows = np.stack([task[0] for task in tasks])
+        turns = np.stack([task[1] for task in tasks])
         pixels = images.images(rows)  # [tasks, ways, shots + query, H, W, C]
         for k in (1, 2, 3):
             turned = turns == k
             if turned.any():
                 pixels[turned] = np.rot90(pixels[turned], k, axes=(2, 3))
+        if self.shift:
+            pixels = _shifted(pixels, np.stack([task[2] for task in tasks]), self.shift)
         if self._invert:
             np.subtract(255, pixels, out=pixels)
         pixels = pixels.transpose(0, 1, 2, 5, 3, 4)  # [tasks, ways, n, C, H, W]
