@@ -164,6 +164,10 @@ class AlgorithmConfig(_Section):
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr_decay: OuterLRDecay | None = None
     """``None`` keeps ``outer_lr`` for the whole run."""
+    zero_init: tuple[str, ...] = ()
+    """Model parameters (``named_parameters`` names, e.g. ``[head.weight, head.bias]``) that
+    every task starts from zero and that are not meta-learned: for a classifier's last layer,
+    the zeroing trick of Kao et al. (ICLR 2022)."""
     execution: Literal["auto", "loop", "vmap"] = "auto"
     """How tasks of a batch run: ``auto`` picks by model and device (see BENCHMARKS.md)."""
     compile: bool = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -32,6 +34,8 @@ class MAML(MetaAlgorithm):
         vmap_chunk_size: Tasks per vectorised call.
         compile: Compile the vectorised batch (see :class:`MetaAlgorithm`).
         inner_rule: Replaces plain SGD in the inner loop (Meta-SGD, learned optimizers).
+        zero_init: Model parameters that every task starts from zero (see
+            :class:`MetaAlgorithm`).
 
     References:
         Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep
@@ -55,6 +59,7 @@ class MAML(MetaAlgorithm):
         vmap_chunk_size: int | None = None,
         compile: bool = False,
         inner_rule: InnerRule | None = None,
+        zero_init: Sequence[str] = (),
     ):
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
@@ -66,6 +71,7 @@ class MAML(MetaAlgorithm):
             execution,
             vmap_chunk_size,
             compile,
+            zero_init,
         )
 
     def _task_gradient(

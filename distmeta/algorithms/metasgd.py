@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from distmeta.algorithms.base import Execution, LossFn
@@ -28,6 +30,8 @@ class MetaSGD(MAML):
         execution: ``"auto"``, ``"loop"`` or ``"vmap"``.
         vmap_chunk_size: Tasks per vectorised call.
         compile: Compile the vectorised batch (see :class:`MetaAlgorithm`).
+        zero_init: Model parameters that every task starts from zero (see
+            :class:`MetaAlgorithm`); their learned rates are still meta-learned.
 
     References:
         Li, Zhou, Chen, Li. Meta-SGD: Learning to Learn Quickly for Few-Shot Learning. 2017.
@@ -42,6 +46,7 @@ class MetaSGD(MAML):
         execution: Execution = "auto",
         vmap_chunk_size: int | None = None,
         compile: bool = False,
+        zero_init: Sequence[str] = (),
     ):
         super().__init__(
             model,
@@ -53,4 +58,5 @@ class MetaSGD(MAML):
             vmap_chunk_size=vmap_chunk_size,
             compile=compile,
             inner_rule=MetaSGDRule(inner_lr),
+            zero_init=zero_init,
         )

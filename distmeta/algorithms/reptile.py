@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -28,6 +30,8 @@ class Reptile(MetaAlgorithm):
         execution: ``"auto"``, ``"loop"`` or ``"vmap"``.
         vmap_chunk_size: Tasks per vectorised call.
         compile: Compile the vectorised batch (see :class:`MetaAlgorithm`).
+        zero_init: Model parameters that every task starts from zero (see
+            :class:`MetaAlgorithm`).
 
     References:
         Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. 2018.
@@ -42,10 +46,18 @@ class Reptile(MetaAlgorithm):
         execution: Execution = "auto",
         vmap_chunk_size: int | None = None,
         compile: bool = False,
+        zero_init: Sequence[str] = (),
     ):
         self.inner_lr = float(inner_lr)
         super().__init__(
-            model, loss_fn, SGDRule(inner_lr), inner_steps, execution, vmap_chunk_size, compile
+            model,
+            loss_fn,
+            SGDRule(inner_lr),
+            inner_steps,
+            execution,
+            vmap_chunk_size,
+            compile,
+            zero_init,
         )
 
     def _task_gradient(

@@ -119,6 +119,13 @@ def build_algorithm(
         "execution": spec.execution,
         "compile": spec.compile,
     }
+    unknown = sorted(set(spec.zero_init) - {name for name, _ in model.named_parameters()})
+    if unknown:
+        raise ConfigError(
+            f"algorithm.zero_init: {unknown} are not parameters of the {config.model.name} "
+            f"model (its parameters: {[name for name, _ in model.named_parameters()]})"
+        )
+    common["zero_init"] = spec.zero_init
     loss_fn = source.loss_fn()
     if spec.name in ("maml", "fomaml"):
         return MAML(model, loss_fn, first_order=spec.name == "fomaml", **common)
