@@ -111,6 +111,9 @@ class FewShotTaskConfig(_Section):
     """Seed of the train/validation split of classes (independent of the run's seed)."""
     split_by: Literal["character", "alphabet"] = "character"
     """Hold out single characters, or whole alphabets (validation on unseen alphabets)."""
+    reflections: bool = False
+    """Meta-training counts the mirror image of each class as a class too (with rotations:
+    eight classes per character). Evaluation tasks keep ``rotations`` only."""
     shift: NonNegativeInt = 0
     """Meta-training moves each image by a random 0..``shift`` pixels up or down and left or
     right (edge pixels fill the gap): augmentation against overfitting the training classes.

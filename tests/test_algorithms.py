@@ -158,6 +158,54 @@ def test_conv4_one_task_path_equals_reference_in_float64(in_channels, steps, fir
     _assert_close(g, expected)
 
 
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_zero_init_head_starts_each_task_at_zero_and_is_not_meta_learned(execution):
+    torch.manual_seed(0)
+    model = dm.models.Conv4(in_channels=1, out_features=3, hidden=4, image_size=16).double()
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(3, 7, 1, 16, 16, dtype=torch.float64, generator=generator)
+    labels = torch.randint(0, 3, (3, 7), generator=generator)
+    batch = dm.tasks.TaskBatch(images[:, :3], labels[:, :3], images[:, 3:], labels[:, 3:])
+    head = ["head.weight", "head.bias"]
+    algo = dm.algorithms.MAML(
+        model, F.cross_entropy, 0.3, 2, execution=execution, zero_init=["head.bias", *head[:1]]
+    )
+    params = algo.init_params()
+    assert algo.zero_init == tuple(head)
+    assert all(not params[name].any() for name in head)
+    assert torch.equal(params["features.0.weight"], model.features[0].weight.detach())
+    g, _ = algo.meta_gradient(params, batch)
+    expected = maml_reference(conv4_forward, F.cross_entropy, params, batch, 2, 0.3)
+    expected.update({name: torch.zeros_like(params[name]) for name in head})
+    assert expected["features.0.weight"].abs().sum() > 0  # the body still learns through it
+    _assert_close(g, expected)
+    # Adam on a zero gradient leaves the head at zero, step after step.
+    state = {name: p.clone().requires_grad_() for name, p in params.items()}
+    optimizer = torch.optim.Adam(state.values(), lr=0.1)
+    for _ in range(3):
+        g, _ = algo.meta_gradient({n: p.detach() for n, p in state.items()}, batch)
+        for name, p in state.items():
+            p.grad = g[name]
+        optimizer.step()
+    assert all(not state[name].any() for name in head)
+    assert not torch.equal(state["features.0.weight"], params["features.0.weight"])
+
+
+def test_zero_init_refuses_unknown_names_and_nonzero_values():
+    model = _mlp()
+    with pytest.raises(ValueError, match=r"zero_init names \['head.weight'\], which are not"):
+        dm.algorithms.Reptile(model, F.mse_loss, zero_init=["head.weight"])
+    with pytest.raises(TypeError, match="zero_init must be a sequence"):
+        dm.algorithms.MAML(model, F.mse_loss, zero_init="layers.2.weight")
+    last = [name for name, _ in model.named_parameters()][-2:]
+    algo = dm.algorithms.MetaSGD(model, F.mse_loss, zero_init=last)
+    params = algo.init_params()
+    assert f"inner_lr.{last[0]}" in params and all(not params[name].any() for name in last)
+    params[last[0]] = params[last[0]] + 1.0
+    with pytest.raises(ValueError, match=rf"params \['{last[0]}'\] must be zero"):
+        algo.meta_gradient(params, _sinusoid_batch())
+
+
 def test_autograd_grad_equals_torch_func_grad():
     """distmeta's ``grad`` (autograd outside torch.func transforms, torch.func.grad inside)
     gives torch.func.grad's results, nested to second order, with aux and an unused entry."""

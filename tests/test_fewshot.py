@@ -138,12 +138,33 @@ def test_shift_moves_each_image_and_leaves_the_task_otherwise_unchanged(omniglot
         FewShotImages(omniglot, 5, 1, 1, split="all", shift=-1)
 
 
-def test_shift_applies_to_meta_training_tasks_only(omniglot):
-    config = parse_config(
-        {"task": {"name": "fewshot", "path": str(omniglot), "shift": 2}, "model": {"name": "conv4"}}
-    )
-    assert build_task_source(config).shift == 2
-    assert build_task_source(config, split="eval").shift == 0
+def test_reflections_add_the_mirrored_classes(omniglot):
+    source = FewShotImages(omniglot, ways=5, shots=1, query=2, split="all", reflections=True)
+    assert source.classes == 2 * FewShotImages(omniglot, 5, 1, 2, split="all").classes
+    images = ImageSet(omniglot)
+    batch = source.sample(8, 4, range(40))
+    variants_seen = set()
+    for index in range(40):
+        rows, variants = source._draw(8, 4, index)
+        for label in range(5):
+            stored = images.images(rows[label, 1:2])[0]  # the first query image
+            variant = int(variants[label])
+            drawn = np.fliplr(stored) if variant >= 4 else stored
+            expected = 1 - np.rot90(drawn, variant % 4).transpose(2, 0, 1) / 255
+            actual = batch.query_x[index, 2 * label].numpy()
+            np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+            variants_seen.add(variant)
+    assert variants_seen == set(range(8))
+    upright = FewShotImages(omniglot, 5, 1, 2, rotations=False, split="all", reflections=True)
+    assert {int(v) for i in range(40) for v in upright._draw(8, 4, i)[1]} == {0, 1}
+
+
+def test_shift_and_reflections_apply_to_meta_training_tasks_only(omniglot):
+    task = {"name": "fewshot", "path": str(omniglot), "shift": 2, "reflections": True}
+    config = parse_config({"task": task, "model": {"name": "conv4"}})
+    training, evaluation = build_task_source(config), build_task_source(config, split="eval")
+    assert training.shift == 2 and training.reflections
+    assert evaluation.shift == 0 and not evaluation.reflections
 
 
 def test_split_by_character_is_deterministic_and_disjoint(marked):

@@ -77,6 +77,7 @@ def build_task_source(config: ExperimentConfig, split: Split = "train") -> TaskS
             val_fraction=task.val_fraction,
             split_seed=task.split_seed,
             split_by=task.split_by,
+            reflections=task.reflections and not evaluating,
             shift=0 if evaluating else task.shift,
             dtype=_dtype(config),
         )

@@ -81,6 +81,11 @@ class FewShotImages:
         and Prototypical Networks papers; all four rotations of a class fall on the same side
         of the train/validation split.
 
+        With ``reflections``, the mirror image of each class (flipped left to right, then
+        turned) counts as one more class: with rotations, the eight symmetries of the square
+        give eight classes per character. A task augmentation for meta-training: a mirrored
+        character is a plausible character of an unseen alphabet.
+
         With ``shift``, every image moves by a random whole number of pixels in
         ``[-shift, shift]`` along each axis, its edge pixels repeated into the gap: an
         augmentation of meta-training tasks against overfitting the training classes (the
@@ -108,6 +113,7 @@ class FewShotImages:
         split_seed: Seed of the train/validation split.
         split_by: Hold out whole classes (``"character"``) or whole alphabets (``"alphabet"``:
             validation tasks then come from alphabets meta-training never saw).
+        reflections: Count the mirror image of each class as a class too.
         shift: Largest translation of an image in pixels along each axis (0: none).
         dtype: Floating-point type of the images.
 
@@ -130,6 +136,7 @@ class FewShotImages:
         val_fraction: float = 0.2,
         split_seed: int = 0,
         split_by: Literal["character", "alphabet"] = "character",
+        reflections: bool = False,
         shift: int = 0,
         dtype: torch.dtype = torch.float32,
     ):
@@ -143,7 +150,8 @@ class FewShotImages:
         info = images.info
         self.path = images.path.resolve()
         self.ways, self.shots, self.query = int(ways), int(shots), int(query)
-        self.rotations, self.shift, self.dtype = bool(rotations), int(shift), dtype
+        self.rotations, self.reflections = bool(rotations), bool(reflections)
+        self.shift, self.dtype = int(shift), dtype
         if rotations and info.height != info.width:
             raise ConfigError(
                 f"rotations need square images, {self.path} holds {info.height}x{info.width}"
@@ -161,7 +169,8 @@ class FewShotImages:
         chosen = {"train": ~val, "val": val, "all": np.ones_like(val)}[split]
         self._classes = np.flatnonzero(chosen)
         self._turns = 4 if rotations else 1
-        self.classes = len(self._classes) * self._turns  # rotations included
+        self._variants = self._turns * (2 if reflections else 1)
+        self.classes = len(self._classes) * self._variants  # rotations, reflections included
 
         # Rows of class c: _order[_starts[c] : _starts[c] + _counts[c]].
         self._order = np.argsort(images.class_id, kind="stable").astype(np.int32)
@@ -182,7 +191,8 @@ class FewShotImages:
         if self.classes < self.ways:
             raise ConfigError(
                 f"ways={self.ways} but {where} holds {self.classes} classes"
-                + (" (rotations included)" if self.rotations else "")
+                + (" (rotations included)" if self.rotations and not self.reflections else "")
+                + (" (reflections included)" if self.reflections else "")
             )
         if counts.min() < self.shots + self.query:
             raise ConfigError(
@@ -208,11 +218,13 @@ class FewShotImages:
         return self._images
 
     def _draw(self, seed: int, step: int, index: int) -> tuple[np.ndarray, ...]:
-        """One task: row numbers ``[ways, n]``, quarter turns ``[ways]`` and, with ``shift``,
-        each image's offsets ``[ways, n, 2]`` into its edge-padded copy (``n = shots + query``)."""
+        """One task: row numbers ``[ways, n]``, each class's variant ``[ways]`` (quarter turns
+        ``variant % 4`` with rotations, mirrored when ``variant >= 4``, or 1 without) and,
+        with ``shift``, each image's offsets ``[ways, n, 2]`` into its edge-padded copy
+        (``n = shots + query``)."""
         rng = task_rng(seed, step, index)
         picks = rng.choice(self.classes, self.ways, replace=False)
-        classes = self._classes[picks // self._turns]
+        classes = self._classes[picks // self._variants]
         # Random keys, padding positions last: the first shots + query are distinct images.
         keys = rng.random((self.ways, self._width))
         keys[self._padding[classes]] = 2.0
@@ -220,16 +232,20 @@ class FewShotImages:
         positions = np.argsort(keys, axis=1)[:, :n]
         rows = self._order[self._starts[classes][:, None] + positions]
         if not self.shift:
-            return rows, picks % self._turns
-        return rows, picks % self._turns, rng.integers(0, 2 * self.shift + 1, (self.ways, n, 2))
+            return rows, picks % self._variants
+        return rows, picks % self._variants, rng.integers(0, 2 * self.shift + 1, (self.ways, n, 2))
 
     def sample(self, seed: int, step: int, indices: Sequence[int]) -> TaskBatch:
         indices = list(indices)
         images = self._open()
         tasks = [self._draw(seed, step, i) for i in indices]
         rows = np.stack([task[0] for task in tasks])
-        turns = np.stack([task[1] for task in tasks])
+        variants = np.stack([task[1] for task in tasks])
+        turns = variants % self._turns
         pixels = images.images(rows)  # [tasks, ways, shots + query, H, W, C]
+        mirrored = variants >= self._turns
+        if mirrored.any():
+            pixels[mirrored] = pixels[mirrored][:, :, :, ::-1]
         for k in (1, 2, 3):
             turned = turns == k
             if turned.any():
