@@ -67,6 +67,14 @@ def test_resume_refuses_a_different_experiment(tmp_path, tiny_sinusoid_config):
         dm.train(tiny_sinusoid_config, run_dir=str(tmp_path / "run"), progress=False)
 
 
+def test_zero_init_of_a_parameter_the_model_lacks_names_the_field(tmp_path, tiny_sinusoid_config):
+    algorithm = tiny_sinusoid_config.algorithm.model_copy(update={"zero_init": ("head.weight",)})
+    config = tiny_sinusoid_config.model_copy(update={"algorithm": algorithm})
+    with pytest.raises(ConfigError, match=r"algorithm.zero_init: .*\['head.weight'\].*net.4.bias"):
+        dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_evaluation_improves_with_adaptation(tmp_path, tiny_sinusoid_config):
     config = tiny_sinusoid_config.model_copy(
         update={

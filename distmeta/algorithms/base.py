@@ -111,7 +111,8 @@ class MetaAlgorithm(ABC):
                 f"zero_init names {unknown}, which are not parameters of the model "
                 f"(its parameters: {list(self.model_param_names)})"
             )
-        self.zero_init = tuple(name for name in self.model_param_names if name in set(zero_init))
+        zeroed = set(zero_init)
+        self.zero_init = tuple(name for name in self.model_param_names if name in zeroed)
         self.param_names = tuple(self.init_params())
 
     # --- parameters -------------------------------------------------------------------------

@@ -218,10 +218,10 @@ class FewShotImages:
         return self._images
 
     def _draw(self, seed: int, step: int, index: int) -> tuple[np.ndarray, ...]:
-        """One task: row numbers ``[ways, n]``, each class's variant ``[ways]`` (quarter turns
-        ``variant % 4`` with rotations, mirrored when ``variant >= 4``, or 1 without) and,
-        with ``shift``, each image's offsets ``[ways, n, 2]`` into its edge-padded copy
-        (``n = shots + query``)."""
+        """One task: row numbers ``[ways, n]``, each class's variant ``[ways]`` and, with
+        ``shift``, each image's offsets ``[ways, n, 2]`` into its edge-padded copy (``n =
+        shots + query``). A variant is a class's quarter turns (``variant % 4``) and, from 4
+        on, its mirror image; without rotations 0 is upright and 1 mirrored."""
         rng = task_rng(seed, step, index)
         picks = rng.choice(self.classes, self.ways, replace=False)
         classes = self._classes[picks // self._variants]
