@@ -91,7 +91,8 @@ def test_rotations_of_real_drawings(omniglot):
     assert batch.query_x.min() == 0 and batch.query_x.max() == 1
     assert batch.query_x.mean() < 0.3  # inverted: mostly background 0, ink 1
     for index in range(4):
-        rows, turns = source._draw(3, 1, index)
+        rows, turns, offsets = source._draw(3, 1, index)
+        assert offsets is None  # no shift
         for label in range(5):
             stored = images.images(rows[label, :1])[0]
             expected = 1 - np.rot90(stored, turns[label]).transpose(2, 0, 1) / 255
@@ -118,7 +119,7 @@ def test_shift_moves_each_image_and_leaves_the_task_otherwise_unchanged(omniglot
     offsets_seen = set()
     for index in range(3):
         rows, turns, offsets = shifted._draw(5, 2, index)
-        plain_rows, plain_turns = plain._draw(5, 2, index)
+        plain_rows, plain_turns, _ = plain._draw(5, 2, index)
         assert np.array_equal(rows, plain_rows) and np.array_equal(turns, plain_turns)
         for label in range(5):
             images = [batch.support_x[index, label, 0]] + [
@@ -145,7 +146,7 @@ def test_reflections_add_the_mirrored_classes(omniglot):
     batch = source.sample(8, 4, range(40))
     variants_seen = set()
     for index in range(40):
-        rows, variants = source._draw(8, 4, index)
+        rows, variants, _ = source._draw(8, 4, index)
         for label in range(5):
             stored = images.images(rows[label, 1:2])[0]  # the first query image
             variant = int(variants[label])

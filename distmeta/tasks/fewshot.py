@@ -217,11 +217,13 @@ class FewShotImages:
             self._images = images
         return self._images
 
-    def _draw(self, seed: int, step: int, index: int) -> tuple[np.ndarray, ...]:
-        """One task: row numbers ``[ways, n]``, each class's variant ``[ways]`` and, with
-        ``shift``, each image's offsets ``[ways, n, 2]`` into its edge-padded copy (``n =
-        shots + query``). A variant is a class's quarter turns (``variant % 4``) and, from 4
-        on, its mirror image; without rotations 0 is upright and 1 mirrored."""
+    def _draw(
+        self, seed: int, step: int, index: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One task: row numbers ``[ways, n]``, each class's variant ``[ways]`` and each
+        image's offsets ``[ways, n, 2]`` into its edge-padded copy (``None`` without
+        ``shift``; ``n = shots + query``). A variant is a class's quarter turns (``variant %
+        4``) and, from 4 on, its mirror image; without rotations 0 is upright and 1 mirrored."""
         rng = task_rng(seed, step, index)
         picks = rng.choice(self.classes, self.ways, replace=False)
         classes = self._classes[picks // self._variants]
@@ -231,9 +233,8 @@ class FewShotImages:
         n = self.shots + self.query
         positions = np.argsort(keys, axis=1)[:, :n]
         rows = self._order[self._starts[classes][:, None] + positions]
-        if not self.shift:
-            return rows, picks % self._variants
-        return rows, picks % self._variants, rng.integers(0, 2 * self.shift + 1, (self.ways, n, 2))
+        offsets = rng.integers(0, 2 * self.shift + 1, (self.ways, n, 2)) if self.shift else None
+        return rows, picks % self._variants, offsets
 
     def sample(self, seed: int, step: int, indices: Sequence[int]) -> TaskBatch:
         indices = list(indices)
