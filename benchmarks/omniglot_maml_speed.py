@@ -51,6 +51,7 @@ WAYS, SHOTS, QUERIES, META_BATCH, INNER_LR, IMAGE = 5, 1, 15, 32, 0.4, 28
 BASELINES = ("learn2learn", "higher", "torchopt")
 VARIANTS: dict[str, dict] = {
     "distmeta": {},
+    "distmeta-one-task": {"task_threads": 1},
     "distmeta-vmap": {"execution": "vmap"},
     "distmeta-vmap-chunk4": {"execution": "vmap", "vmap_chunk_size": 4},
 }

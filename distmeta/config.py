@@ -173,6 +173,10 @@ class AlgorithmConfig(_Section):
     the zeroing trick of Kao et al. (ICLR 2022)."""
     execution: Literal["auto", "loop", "vmap"] = "auto"
     """How tasks of a batch run: ``auto`` picks by model and device (see BENCHMARKS.md)."""
+    task_threads: PositiveInt | Literal["auto"] = "auto"
+    """Tasks computed at once when they run one by one (``execution: loop``), each in its own
+    thread with single-threaded operations: ``auto`` is torch's thread count on a CPU, 1 on
+    CUDA. Memory grows with the tasks in flight."""
     compile: bool = False
     """``torch.compile`` the vectorised batch: tens of seconds once per process, several times
     faster steps for small models on long runs."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from reference import (
 )
 
 import distmeta as dm
+from distmeta.algorithms.base import choose_task_threads
 from distmeta.errors import TaskFailedError
 
 torch.set_default_dtype(torch.float32)
@@ -283,6 +286,86 @@ def test_adapt_runs_the_inner_loop_of_one_task():
         mlp_forward, F.mse_loss, leaf, sx, sy, 3, dict.fromkeys(leaf, 0.05), False
     )
     _assert_close(task_params, {k: v.detach() for k, v in expected.items()})
+
+
+def _conv4_batch(tasks=5, shots=2, queries=3):
+    torch.manual_seed(0)
+    model = dm.models.Conv4(in_channels=1, out_features=3, hidden=4, image_size=16).double()
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(
+        tasks, 3 * (shots + queries), 1, 16, 16, dtype=torch.float64, generator=generator
+    )
+    labels = torch.arange(3).repeat(shots + queries).expand(tasks, -1)
+    split = 3 * shots
+    batch = dm.tasks.TaskBatch(
+        images[:, :split], labels[:, :split], images[:, split:], labels[:, split:]
+    )
+    return model, batch
+
+
+@pytest.mark.parametrize("name", ["MAML", "MetaSGD", "Reptile"])
+def test_task_threads_give_the_one_at_a_time_result_bit_for_bit(name):
+    """Threads each take whole tasks with single-threaded operations, and the results are
+    summed in task order: the serial loop with single-threaded operations, bit for bit."""
+    model, batch = _conv4_batch()
+    make = getattr(dm.algorithms, name)
+    serial = make(model, F.cross_entropy, 0.3, 2, execution="loop", task_threads=1)
+    threaded = make(model, F.cross_entropy, 0.3, 2, execution="loop", task_threads=3)
+    params = serial.init_params()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected, expected_metrics = serial.meta_gradient(params, batch)
+        expected_curve = serial.adaptation_curve(params, batch, 3)
+    finally:
+        torch.set_num_threads(previous)
+    g, metrics = threaded.meta_gradient(params, batch)
+    for key in expected:
+        assert torch.equal(g[key], expected[key]), key
+    assert metrics == expected_metrics
+    assert torch.equal(threaded.adaptation_curve(params, batch, 3), expected_curve)
+    assert torch.get_num_threads() == previous
+
+
+def test_task_threads_run_tasks_off_the_calling_thread_on_model_copies():
+    model, batch = _conv4_batch(tasks=4)
+    seen = []
+
+    def loss(output, target):
+        seen.append(threading.get_ident())
+        return F.cross_entropy(output, target)
+
+    algo = dm.algorithms.MAML(model, loss, 0.3, 1, execution="loop", task_threads=2)
+    algo.meta_gradient(algo.init_params(), batch)
+    assert seen and threading.get_ident() not in seen
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_failing_task_among_threads_is_named_and_threads_are_restored():
+    model, batch = _conv4_batch(tasks=5)
+    bad = batch.query_y.clone()
+    bad[3, 0] = 9  # a class the 3-way head does not have: cross_entropy raises in a thread
+    batch = dm.tasks.TaskBatch(
+        batch.support_x, batch.support_y, batch.query_x, bad, [(7, 2, i) for i in range(5)]
+    )
+    algo = dm.algorithms.MAML(model, F.cross_entropy, 0.3, 1, execution="loop", task_threads=2)
+    previous = torch.get_num_threads()
+    with pytest.raises(TaskFailedError, match=r"\(7, 2, 3\).*out of bounds"):
+        algo.meta_gradient(algo.init_params(), batch)
+    assert torch.get_num_threads() == previous
+
+
+def test_task_threads_follow_torch_threads_on_cpu_and_are_one_on_cuda():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert choose_task_threads(torch.device("cpu"), 32) == 2
+        assert choose_task_threads(torch.device("cpu"), 1) == 1
+    finally:
+        torch.set_num_threads(previous)
+    assert choose_task_threads(torch.device("cuda"), 32) == 1
+    with pytest.raises(ValueError, match="task_threads"):
+        dm.algorithms.MAML(_mlp(), F.mse_loss, task_threads=0)
 
 
 def test_non_finite_loss_names_the_task():

@@ -25,6 +25,7 @@ def test_defaults_are_the_paper_setup():
         ({"train": {"steps": "many"}}, "train.steps: Input should be a valid integer"),
         ({"task": {"amplitude": [5, 1]}}, "amplitude must be [low, high]"),
         ({"bogus": 1}, "bogus: unknown key"),
+        ({"algorithm": {"task_threads": 0}}, "algorithm.task_threads"),
         ({"engine": {"worker_resources": {"num_cpus": 0}}}, "engine.worker_resources.num_cpus"),
     ],
 )

@@ -10,9 +10,14 @@ a time or vectorised with ``torch.func.vmap``, and sums the results in task orde
 
 from __future__ import annotations
 
+import copy
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -24,10 +29,12 @@ from distmeta.algorithms.inner import InnerRule, Params
 from distmeta.errors import TaskFailedError
 from distmeta.tasks.batch import TaskBatch
 
-__all__ = ["Execution", "MetaAlgorithm", "choose_execution"]
+__all__ = ["Execution", "MetaAlgorithm", "TaskThreads", "choose_execution", "choose_task_threads"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Execution = Literal["auto", "loop", "vmap"]
+TaskThreads = int | Literal["auto"]
+_Result = TypeVar("_Result")
 
 
 def choose_execution(model: nn.Module, device: torch.device) -> Literal["loop", "vmap"]:
@@ -42,6 +49,29 @@ def choose_execution(model: nn.Module, device: torch.device) -> Literal["loop", 
         return "vmap"
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     return "loop" if has_conv else "vmap"
+
+
+def choose_task_threads(device: torch.device, tasks: int) -> int:
+    """How many tasks of a looped batch run at once, by measurement (see BENCHMARKS.md).
+
+    On a CPU, torch's threads (``torch.get_num_threads()``) each take a whole task, its
+    operations single-threaded, instead of sharing every operation: a few-shot task's
+    operations are too small to split well across threads. On CUDA, one task at a time.
+    """
+    if device.type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), tasks))
+
+
+@contextmanager
+def _single_threaded_operations() -> Iterator[None]:
+    """torch's intra-op parallelism off for the block (process-wide), then restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _detached(params: Params) -> Params:
@@ -71,7 +101,15 @@ class MetaAlgorithm(ABC):
             "zeroing trick" (Kao et al., ICLR 2022): tasks number their classes in random
             order, so a learned head only adds noise, and a head that starts at zero makes
             the first inner step a comparison of the query's features with each class's.
+        task_threads: Tasks computed at once when looping over tasks, each in its own Python
+            thread with single-threaded operations and its own copy of the model (the
+            results are summed in task order, as one at a time). ``"auto"``:
+            :func:`choose_task_threads`. Memory grows with the tasks in flight.
     """
+
+    _worker = threading.local()
+    """Per thread of a task pool: ``(algorithm, its model copy)``. ``functional_call``
+    swaps a module's parameters for the call, so threads must not share the module."""
 
     def __init__(
         self,
@@ -83,6 +121,7 @@ class MetaAlgorithm(ABC):
         vmap_chunk_size: int | None = None,
         compile: bool = False,
         zero_init: Sequence[str] = (),
+        task_threads: TaskThreads = "auto",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -94,12 +133,19 @@ class MetaAlgorithm(ABC):
             raise ValueError(f"execution must be 'auto', 'loop' or 'vmap', got {execution!r}")
         if vmap_chunk_size is not None and vmap_chunk_size < 1:
             raise ValueError(f"vmap_chunk_size must be positive, got {vmap_chunk_size}")
+        if task_threads != "auto" and (
+            isinstance(task_threads, bool) or not isinstance(task_threads, int) or task_threads < 1
+        ):
+            raise ValueError(
+                f"task_threads must be 'auto' or a positive integer, got {task_threads!r}"
+            )
         self.model = model
         self.loss_fn = loss_fn
         self.inner_rule = inner_rule
         self.inner_steps = inner_steps
         self.execution = execution
         self.vmap_chunk_size = vmap_chunk_size
+        self.task_threads = task_threads
         self.compile = bool(compile)
         self._batched_sum_fn = torch.compile(self._batched_sum) if compile else self._batched_sum
         self.model_param_names = tuple(name for name, _ in model.named_parameters())
@@ -144,7 +190,9 @@ class MetaAlgorithm(ABC):
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """The model's output with the given (fast) weights."""
-        return functional_call(self.model, params, (x,))
+        replica = getattr(self._worker, "replica", None)
+        model = replica[1] if replica is not None and replica[0] is self else self.model
+        return functional_call(model, params, (x,))
 
     def _loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.forward(fast, x), y)
@@ -283,7 +331,9 @@ class MetaAlgorithm(ABC):
             return vmap(curve, in_dims=(None, 0, 0, 0, 0), chunk_size=self.vmap_chunk_size)(
                 meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y
             )
-        return torch.stack([curve(meta, *batch.task(i)) for i in range(len(batch))])
+        return torch.stack(
+            list(self._map_tasks(lambda i: curve(meta, *batch.task(i)), len(batch), meta))
+        )
 
     # --- batching over tasks ---------------------------------------------------------------
 
@@ -320,14 +370,36 @@ class MetaAlgorithm(ABC):
         return GradientSum(sums, residuals, len(batch)), stats
 
     def _looped_sum(self, meta: Params, batch: TaskBatch) -> tuple[GradientSum, torch.Tensor]:
-        """Like :meth:`_vmapped_sum`, one task at a time (memory of one task's graph)."""
+        """Like :meth:`_vmapped_sum`, task by task: one at a time (memory of one task's
+        graph) or ``task_threads`` at once, summed in task order either way."""
         total = GradientSum.zeros_like(meta)
         stats = []
-        for index in range(len(batch)):
-            grads, task_stats = self._one_task(meta, batch, index)
+        one_task = partial(self._one_task, meta, batch)
+        for grads, task_stats in self._map_tasks(one_task, len(batch), meta):
             total.add_task(grads)
             stats.append(task_stats)
         return total, torch.stack(stats)
+
+    def _map_tasks(
+        self, fn: Callable[[int], _Result], tasks: int, meta: Params
+    ) -> Iterator[_Result]:
+        """``fn(0), ..., fn(tasks - 1)`` in order, ``task_threads`` of them at once."""
+        device = next(iter(meta.values())).device
+        if self.task_threads == "auto":
+            threads = choose_task_threads(device, tasks)
+        else:
+            threads = min(self.task_threads, tasks)
+        if threads == 1:
+            yield from map(fn, range(tasks))
+            return
+        with (
+            _single_threaded_operations(),
+            ThreadPoolExecutor(threads, initializer=self._start_worker) as pool,
+        ):
+            yield from pool.map(fn, range(tasks))
+
+    def _start_worker(self) -> None:
+        self._worker.replica = (self, copy.deepcopy(self.model))
 
     def _one_task(self, meta: Params, batch: TaskBatch, index: int) -> tuple[Params, torch.Tensor]:
         try:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from distmeta.algorithms.base import Execution, LossFn, MetaAlgorithm
+from distmeta.algorithms.base import Execution, LossFn, MetaAlgorithm, TaskThreads
 from distmeta.algorithms.differentiate import grad
 from distmeta.algorithms.inner import InnerRule, Params, SGDRule
 
@@ -36,6 +36,8 @@ class MAML(MetaAlgorithm):
         inner_rule: Replaces plain SGD in the inner loop (Meta-SGD, learned optimizers).
         zero_init: Model parameters that every task starts from zero (see
             :class:`MetaAlgorithm`).
+        task_threads: Tasks computed at once in a loop over tasks (see
+            :class:`MetaAlgorithm`).
 
     References:
         Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep
@@ -60,6 +62,7 @@ class MAML(MetaAlgorithm):
         compile: bool = False,
         inner_rule: InnerRule | None = None,
         zero_init: Sequence[str] = (),
+        task_threads: TaskThreads = "auto",
     ):
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
@@ -72,6 +75,7 @@ class MAML(MetaAlgorithm):
             vmap_chunk_size,
             compile,
             zero_init,
+            task_threads,
         )
 
     def _task_gradient(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from distmeta.algorithms.base import Execution, LossFn
+from distmeta.algorithms.base import Execution, LossFn, TaskThreads
 from distmeta.algorithms.inner import MetaSGDRule
 from distmeta.algorithms.maml import MAML
 
@@ -32,6 +32,8 @@ class MetaSGD(MAML):
         compile: Compile the vectorised batch (see :class:`MetaAlgorithm`).
         zero_init: Model parameters that every task starts from zero (see
             :class:`MetaAlgorithm`); their learned rates are still meta-learned.
+        task_threads: Tasks computed at once in a loop over tasks (see
+            :class:`MetaAlgorithm`).
 
     References:
         Li, Zhou, Chen, Li. Meta-SGD: Learning to Learn Quickly for Few-Shot Learning. 2017.
@@ -47,6 +49,7 @@ class MetaSGD(MAML):
         vmap_chunk_size: int | None = None,
         compile: bool = False,
         zero_init: Sequence[str] = (),
+        task_threads: TaskThreads = "auto",
     ):
         super().__init__(
             model,
@@ -59,4 +62,5 @@ class MetaSGD(MAML):
             compile=compile,
             inner_rule=MetaSGDRule(inner_lr),
             zero_init=zero_init,
+            task_threads=task_threads,
         )

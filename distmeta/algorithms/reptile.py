@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from distmeta.algorithms.base import Execution, LossFn, MetaAlgorithm
+from distmeta.algorithms.base import Execution, LossFn, MetaAlgorithm, TaskThreads
 from distmeta.algorithms.inner import Params, SGDRule
 
 __all__ = ["Reptile"]
@@ -32,6 +32,8 @@ class Reptile(MetaAlgorithm):
         compile: Compile the vectorised batch (see :class:`MetaAlgorithm`).
         zero_init: Model parameters that every task starts from zero (see
             :class:`MetaAlgorithm`).
+        task_threads: Tasks computed at once in a loop over tasks (see
+            :class:`MetaAlgorithm`).
 
     References:
         Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. 2018.
@@ -47,6 +49,7 @@ class Reptile(MetaAlgorithm):
         vmap_chunk_size: int | None = None,
         compile: bool = False,
         zero_init: Sequence[str] = (),
+        task_threads: TaskThreads = "auto",
     ):
         self.inner_lr = float(inner_lr)
         super().__init__(
@@ -58,6 +61,7 @@ class Reptile(MetaAlgorithm):
             vmap_chunk_size,
             compile,
             zero_init,
+            task_threads,
         )
 
     def _task_gradient(

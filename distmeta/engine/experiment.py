@@ -120,6 +120,7 @@ def build_algorithm(
         "execution": spec.execution,
         "compile": spec.compile,
         "zero_init": spec.zero_init,
+        "task_threads": spec.task_threads,
     }
     loss_fn = source.loss_fn()
     try:
