@@ -1,9 +1,17 @@
 """distmeta: exact meta-learning (MAML, first-order MAML, Reptile, Meta-SGD) from one process to
-a Ray cluster."""
+a Ray cluster.
 
-from distmeta import algorithms, data, engine, models, tasks
-from distmeta.config import ExperimentConfig, load_config
-from distmeta.engine import evaluate, load_run, train
+``models``, ``algorithms`` and ``tasks`` load with the package; the engine, the config schema
+and the data tools (pydantic, pyarrow, rich, Pillow: about 40 MiB of resident memory) load on
+first use, so a process that only computes meta-gradients does not carry them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from distmeta import algorithms, models, tasks
 from distmeta.errors import (
     CheckpointError,
     ConfigError,
@@ -14,7 +22,34 @@ from distmeta.errors import (
     TrackingError,
 )
 
+if TYPE_CHECKING:
+    from distmeta import data, engine
+    from distmeta.config import ExperimentConfig, load_config
+    from distmeta.engine import evaluate, load_run, train
+
 __version__ = "0.1.0"
+
+_ON_FIRST_USE = {
+    "data": ("distmeta.data", None),
+    "engine": ("distmeta.engine", None),
+    "ExperimentConfig": ("distmeta.config", "ExperimentConfig"),
+    "load_config": ("distmeta.config", "load_config"),
+    "evaluate": ("distmeta.engine", "evaluate"),
+    "load_run": ("distmeta.engine", "load_run"),
+    "train": ("distmeta.engine", "train"),
+}
+"""Public names imported on first access: ``name: (module, attribute or None for the module)``."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ON_FIRST_USE:
+        raise AttributeError(f"module 'distmeta' has no attribute {name!r}")
+    module_name, attribute = _ON_FIRST_USE[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CheckpointError",
