@@ -178,9 +178,10 @@ class _PooledTaskBatchNormBackward(torch.autograd.Function):
     @staticmethod
     def forward(grad, x, weight, indices, mean, invstd, pooled, eps):
         count = x.numel() // x.shape[1]
-        normalised = (pooled - _per_channel(mean, x)) * _per_channel(invstd, x)
         grad_bias = grad.sum(dim=(0, 2, 3))
-        grad_weight = (grad * normalised).sum(dim=(0, 2, 3))
+        # One expression, so that its pooled-sized temporaries are freed before the unpooled
+        # gradient (four times their size) is allocated.
+        grad_weight = (grad * (pooled - _per_channel(mean, x))).sum(dim=(0, 2, 3)) * invstd
         scale = weight * invstd
         b = -scale * invstd * grad_weight / count
         a = scale * (invstd * mean * grad_weight - grad_bias) / count
