@@ -329,16 +329,15 @@ def test_task_threads_give_the_one_at_a_time_result_bit_for_bit(name):
 
 def test_task_threads_run_tasks_off_the_calling_thread_on_model_copies():
     model, batch = _conv4_batch(tasks=4)
-    seen = []
-
-    def loss(output, target):
-        seen.append(threading.get_ident())
-        return F.cross_entropy(output, target)
-
-    algo = dm.algorithms.MAML(model, loss, 0.3, 1, execution="loop", task_threads=2)
+    calls = []
+    model.register_forward_pre_hook(
+        lambda module, args: calls.append((threading.get_ident(), module))
+    )
+    algo = dm.algorithms.MAML(model, F.cross_entropy, 0.3, 1, execution="loop", task_threads=2)
     algo.meta_gradient(algo.init_params(), batch)
-    assert seen and threading.get_ident() not in seen
-    assert all(p.grad is None for p in model.parameters())
+    assert calls
+    assert all(thread != threading.get_ident() for thread, _ in calls)
+    assert all(module is not model for _, module in calls)
 
 
 def test_a_failing_task_among_threads_is_named_and_threads_are_restored():
