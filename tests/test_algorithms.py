@@ -313,18 +313,20 @@ def test_task_threads_give_the_one_at_a_time_result_bit_for_bit(name):
     threaded = make(model, F.cross_entropy, 0.3, 2, execution="loop", task_threads=3)
     params = serial.init_params()
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
+        torch.set_num_threads(1)
         expected, expected_metrics = serial.meta_gradient(params, batch)
         expected_curve = serial.adaptation_curve(params, batch, 3)
+        torch.set_num_threads(2)  # the threaded run must set 1 itself, and restore 2
+        g, metrics = threaded.meta_gradient(params, batch)
+        curve = threaded.adaptation_curve(params, batch, 3)
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
-    g, metrics = threaded.meta_gradient(params, batch)
     for key in expected:
         assert torch.equal(g[key], expected[key]), key
     assert metrics == expected_metrics
-    assert torch.equal(threaded.adaptation_curve(params, batch, 3), expected_curve)
-    assert torch.get_num_threads() == previous
+    assert torch.equal(curve, expected_curve)
 
 
 def test_task_threads_run_tasks_off_the_calling_thread_on_model_copies():
@@ -349,9 +351,13 @@ def test_a_failing_task_among_threads_is_named_and_threads_are_restored():
     )
     algo = dm.algorithms.MAML(model, F.cross_entropy, 0.3, 1, execution="loop", task_threads=2)
     previous = torch.get_num_threads()
-    with pytest.raises(TaskFailedError, match=r"\(7, 2, 3\).*out of bounds"):
-        algo.meta_gradient(algo.init_params(), batch)
-    assert torch.get_num_threads() == previous
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(TaskFailedError, match=r"\(7, 2, 3\).*out of bounds"):
+            algo.meta_gradient(algo.init_params(), batch)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_task_threads_follow_torch_threads_on_cpu_and_are_one_on_cuda():

@@ -25,7 +25,7 @@ def test_importing_distmeta_leaves_the_engine_and_data_tools_unloaded():
     assert json.loads(loaded) == []
 
 
-def test_public_names_load_on_first_use():
+def test_public_names_resolve_to_their_modules_objects():
     from distmeta.config import ExperimentConfig
     from distmeta.engine import load_run
     from distmeta.tasks.fewshot import FewShotImages

@@ -332,7 +332,7 @@ class MetaAlgorithm(ABC):
                 meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y
             )
         return torch.stack(
-            list(self._map_tasks(lambda i: curve(meta, *batch.task(i)), len(batch), meta))
+            list(self._map_tasks(lambda i: curve(meta, *batch.task(i)), len(batch), device))
         )
 
     # --- batching over tasks ---------------------------------------------------------------
@@ -375,16 +375,16 @@ class MetaAlgorithm(ABC):
         total = GradientSum.zeros_like(meta)
         stats = []
         one_task = partial(self._one_task, meta, batch)
-        for grads, task_stats in self._map_tasks(one_task, len(batch), meta):
+        device = next(iter(meta.values())).device
+        for grads, task_stats in self._map_tasks(one_task, len(batch), device):
             total.add_task(grads)
             stats.append(task_stats)
         return total, torch.stack(stats)
 
     def _map_tasks(
-        self, fn: Callable[[int], _Result], tasks: int, meta: Params
+        self, fn: Callable[[int], _Result], tasks: int, device: torch.device
     ) -> Iterator[_Result]:
         """``fn(0), ..., fn(tasks - 1)`` in order, ``task_threads`` of them at once."""
-        device = next(iter(meta.values())).device
         if self.task_threads == "auto":
             threads = choose_task_threads(device, tasks)
         else:
