@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from distmeta.config import parse_config
+from distmeta.config import apply_overrides, parse_config
 from distmeta.engine import evaluate
 from distmeta.engine.experiment import build_experiment
 from distmeta.engine.run import Run
@@ -55,11 +55,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--every", type=int, default=1, help="evaluate every Nth checkpoint")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the run's config for evaluation, as for distmeta eval",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(2)
     folder = RunDir(args.run_dir)
-    config = parse_config(folder.read_config())
+    config = parse_config(apply_overrides(folder.read_config(), args.overrides))
     experiment = build_experiment(config, torch.device("cpu"))
     times = wall_times(args.run_dir)
     checkpoints = [(step, None) for step in folder.checkpoint_steps()[:: args.every]]

@@ -199,8 +199,17 @@ class EvalConfig(_Section):
     query: PositiveInt | None = None
     """Query points (per class for classification) per evaluation task; ``None`` keeps
     ``task.query``."""
+    ways: PositiveInt | None = None
+    """Classes per evaluation task; ``None`` keeps ``task.ways``. Another number needs the
+    model's output layer in ``algorithm.zero_init`` (not learned, so it is rebuilt at the
+    evaluation size): a run meta-trained on 20-way tasks is evaluated on 5-way ones."""
     inner_steps: NonNegativeInt | None = None
     """Adaptation steps at evaluation; ``None`` keeps ``algorithm.inner_steps``."""
+    inner_lr: PositiveFloat | None = None
+    """Adaptation rate at evaluation; ``None`` keeps ``algorithm.inner_lr``. The first step
+    of a head at zero moves it by the rate over the number of support images, so a run
+    trained with four times the ways at four times the rate adapts at the trained rate over
+    four."""
     seed: NonNegativeInt | None = None
     """Seed of the evaluation tasks; ``None`` uses ``seed + 1`` (tasks never seen in training)."""
 
@@ -417,6 +426,12 @@ class ExperimentConfig(_Section):
                 f"algorithm.outer_lr_decay.start ({decay.start}) must be below train.steps "
                 f"({self.train.steps}): the decay would never begin"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ways_for_classes(self) -> ExperimentConfig:
+        if self.eval.ways is not None and self.task.name != "fewshot":
+            raise ValueError(f"eval.ways: {self.task.name} tasks have no classes")
         return self
 
 

@@ -27,6 +27,8 @@ def test_defaults_are_the_paper_setup():
         ({"bogus": 1}, "bogus: unknown key"),
         ({"algorithm": {"task_threads": 0}}, "algorithm.task_threads"),
         ({"engine": {"worker_resources": {"num_cpus": 0}}}, "engine.worker_resources.num_cpus"),
+        ({"eval": {"ways": 5}}, "eval.ways: sinusoid tasks have no classes"),
+        ({"eval": {"inner_lr": 0}}, "eval.inner_lr: Input should be greater than 0"),
     ],
 )
 def test_bad_values_name_the_field(raw, message):

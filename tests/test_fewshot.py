@@ -18,7 +18,8 @@ from imagesets import omniglot_subset, read_mark, synthetic_image_set
 from distmeta.cli import main
 from distmeta.config import parse_config
 from distmeta.data import ImageRows, ImageSet, prepare_omniglot, write_image_set
-from distmeta.engine import build_task_source
+from distmeta.engine import build_task_source, load_run
+from distmeta.engine.evaluate import adaptation_curves
 from distmeta.errors import ConfigError, DataError
 from distmeta.tasks import FewShotImages, split_classes
 
@@ -321,6 +322,34 @@ def test_train_then_eval_on_another_prepared_split(omniglot, tmp_path, capsys):
     assert all(0 <= a <= 1 for a in result["accuracy"])
     assert main(["eval", str(run), "--set", "task.ways=500"]) == 2
     assert "ways=500 but the train split" in capsys.readouterr().err
+
+
+def test_a_run_with_its_head_at_zero_evaluates_on_fewer_ways(omniglot, tmp_path, capsys):
+    runs = {}
+    for name, zero_init in (("zero-head", ["head.weight", "head.bias"]), ("learned-head", [])):
+        raw = _config(omniglot).model_dump(mode="json")
+        raw["algorithm"]["zero_init"] = zero_init
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        runs[name] = tmp_path / name
+        assert main(["train", str(config), "--run-dir", str(runs[name]), "--no-progress"]) == 0
+    trained = load_run(runs["zero-head"])
+    assert trained.params["head.weight"].shape[0] == 3
+    evaluated = load_run(runs["zero-head"], ["eval.ways=2", "eval.inner_lr=0.2"])
+    assert build_task_source(evaluated.config, split="eval").ways == 2
+    # The same as the run loaded as if it had been configured with two ways at that rate:
+    # the head is rebuilt at zero, every learned parameter kept.
+    as_two_ways = load_run(runs["zero-head"], ["task.ways=2", "algorithm.inner_lr=0.2"])
+    assert as_two_ways.params["head.weight"].shape[0] == 2
+    assert torch.equal(as_two_ways.params["features.0.weight"], trained.params["features.0.weight"])
+    torch.testing.assert_close(
+        adaptation_curves(evaluated), adaptation_curves(as_two_ways), rtol=0, atol=0
+    )
+    capsys.readouterr()
+    assert main(["eval", str(runs["zero-head"]), "--json", "--set", "eval.ways=2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tasks"] == 10
+    assert main(["eval", str(runs["learned-head"]), "--set", "eval.ways=2"]) == 2
+    assert "eval.ways: 2-way evaluation needs the model's output layer" in capsys.readouterr().err
 
 
 def test_alphabet_split_holds_out_whole_alphabets(omniglot):

@@ -32,6 +32,7 @@ from mlflow_service import service as _service
 import distmeta as dm
 from distmeta.cli import main
 from distmeta.engine.experiment import build_task_source
+from distmeta.engine.run import evaluation_run
 from distmeta.engine.rundir import MetricsLog, RunDir
 from distmeta.errors import TrackingError
 from distmeta.tracking import MLflowTracker, export_model, resolve_tracking_uri
@@ -298,18 +299,27 @@ def test_export_of_an_untracked_run_to_another_store(tmp_path, monkeypatch, loca
     assert list(elsewhere.iterdir()) == []  # nothing went to a default store in the cwd
 
 
+@pytest.mark.parametrize(
+    ("ways", "algorithm", "evaluation"),
+    [
+        (3, {}, {}),
+        (4, {"zero_init": ["head.weight", "head.bias"]}, {"ways": 3, "inner_lr": 0.3}),
+    ],
+    ids=["three-ways", "trained-on-four-ways-head-at-zero"],
+)
 def test_registered_classifier_predicts_classes_and_probabilities(
-    tmp_path, monkeypatch, local_store
+    ways, algorithm, evaluation, tmp_path, monkeypatch, local_store
 ):
     images = synthetic_image_set(tmp_path / "marks.arrow", classes=12, drawers=4, size=16)
-    task = {"name": "fewshot", "path": str(images), "ways": 3, "shots": 1, "query": 2}
+    task = {"name": "fewshot", "path": str(images), "ways": ways, "shots": 1, "query": 2}
     config = dm.config.parse_config(
         {
             "seed": 2,
             "task": {**task, "rotations": False, "val_fraction": 0.25, "eval_split": "val"},
             "model": {"name": "conv4", "hidden": 8},
-            "algorithm": {"name": "maml", "inner_lr": 0.4},
+            "algorithm": {"name": "maml", "inner_lr": 0.4, **algorithm},
             "train": {"steps": 2, "meta_batch_size": 2, "checkpoint_every": 2, "log_every": 1},
+            "eval": evaluation,
             "tracking": {"enabled": False},
         }
     )
@@ -317,7 +327,8 @@ def test_registered_classifier_predicts_classes_and_probabilities(
     export_model(tmp_path / "run", "marks", alias="champion", tracking_uri=local_store)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", local_store)
     model = mlflow.pyfunc.load_model("models:/marks@champion")
-    run = dm.load_run(tmp_path / "run")
+    run = evaluation_run(dm.load_run(tmp_path / "run"))
+    assert run.model.head.out_features == 3
     batch = build_task_source(config, split="eval").sample(5, 0, range(2))
     predicted = model.predict(input_example(batch, inner_steps=2))
     for index in range(2):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from distmeta.engine.experiment import build_task_source
-from distmeta.engine.run import Run
+from distmeta.engine.run import Run, evaluation_run
 
 __all__ = ["EvalResult", "adaptation_curves", "evaluate"]
 
@@ -57,6 +57,7 @@ def adaptation_curves(
 
     Args: as :func:`evaluate`.
     """
+    run = evaluation_run(run)
     config = run.config
     tasks = tasks or config.eval.tasks
     if seed is None:

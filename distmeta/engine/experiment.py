@@ -25,6 +25,7 @@ __all__ = [
     "build_experiment",
     "build_model",
     "build_task_source",
+    "evaluation_config",
     "resolve_device",
 ]
 
@@ -56,20 +57,37 @@ def _dtype(config: ExperimentConfig) -> torch.dtype:
     return getattr(torch, config.train.dtype)
 
 
+def evaluation_config(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` as evaluation builds its model and algorithm: with ``eval.ways`` classes and
+    the ``eval.inner_lr`` adaptation rate, where those are set."""
+    task, algorithm = {}, {}
+    if config.eval.ways is not None:
+        task["ways"] = config.eval.ways
+    if config.eval.inner_lr is not None:
+        algorithm["inner_lr"] = config.eval.inner_lr
+    return config.model_copy(
+        update={
+            "task": config.task.model_copy(update=task),
+            "algorithm": config.algorithm.model_copy(update=algorithm),
+        }
+    )
+
+
 def build_task_source(config: ExperimentConfig, split: Split = "train") -> TaskSource:
     """The configured task source.
 
-    ``split="eval"`` uses the evaluation shots and query size and, for few-shot images, the
-    classes of ``task.eval_split`` (never the training classes).
+    ``split="eval"`` uses the evaluation ways, shots and query size and, for few-shot images,
+    the classes of ``task.eval_split`` (never the training classes).
     """
     task = config.task
     evaluating = split == "eval"
     shots = config.eval.shots if evaluating and config.eval.shots is not None else task.shots
     query = config.eval.query if evaluating and config.eval.query is not None else task.query
     if task.name == "fewshot":
+        ways = config.eval.ways if evaluating and config.eval.ways is not None else task.ways
         return FewShotImages(
             task.path,
-            ways=task.ways,
+            ways=ways,
             shots=shots,
             query=query,
             rotations=task.rotations,

@@ -10,11 +10,11 @@ from torch import nn
 
 from distmeta.algorithms import MetaAlgorithm
 from distmeta.config import ExperimentConfig, apply_overrides, parse_config
-from distmeta.engine.experiment import build_experiment
+from distmeta.engine.experiment import build_experiment, evaluation_config
 from distmeta.engine.rundir import RunDir
-from distmeta.errors import CheckpointError, RunError
+from distmeta.errors import CheckpointError, ConfigError, RunError
 
-__all__ = ["Run", "load_run"]
+__all__ = ["Run", "evaluation_run", "fit_params", "load_run"]
 
 
 @dataclass
@@ -33,6 +33,26 @@ class Run:
     step: int
 
 
+def fit_params(
+    algorithm: MetaAlgorithm, stored: object, device: str | torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor] | None:
+    """Stored meta-parameters made ready for ``algorithm``, or None when they do not fit it.
+
+    Parameters the algorithm starts at zero for every task (``zero_init``) are not learned, so
+    they are rebuilt at the shape the configured model gives them: a run meta-trained on
+    20-way tasks with its head at zero adapts to 5-way ones (``eval.ways``).
+    """
+    template = algorithm.init_params()
+    if not isinstance(stored, dict) or set(stored) != set(template):
+        return None
+    learned = [name for name in template if name not in algorithm.zero_init]
+    if any(stored[name].shape != template[name].shape for name in learned):
+        return None
+    fitted = {name: template[name] for name in template}
+    fitted.update({name: stored[name] for name in learned})
+    return {name: value.to(device=device, dtype=dtype) for name, value in fitted.items()}
+
+
 def load_run(run_dir: str | Path, overrides: list[str] | None = None, device: str = "cpu") -> Run:
     """Load the run in ``run_dir`` (local path or URI) on ``device``.
 
@@ -48,18 +68,13 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None, device: st
     config = parse_config(apply_overrides(folder.read_config(), overrides or []))
     experiment = build_experiment(config, torch.device(device))
     final = folder.load_final()
-    params = final.get("params")
-    template = experiment.algorithm.init_params()
-    fits = isinstance(params, dict) and set(params) == set(template)
-    if fits:
-        fits = all(params[name].shape == value.shape for name, value in template.items())
-    if not fits:
+    params = fit_params(experiment.algorithm, final.get("params"), device, experiment.dtype)
+    if params is None:
         raise CheckpointError(
             f"{folder.describe('final.pt')} does not hold the parameters of this run's "
             f"{config.algorithm.name} / {config.model.name} model as configured "
             "(did an override change the model's shape, e.g. task.ways?)"
         )
-    params = {name: params[name].to(device=device, dtype=experiment.dtype) for name in template}
     with torch.no_grad():
         for name, parameter in experiment.model.named_parameters():
             parameter.copy_(params[name])
@@ -71,3 +86,23 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None, device: st
         experiment.algorithm,
         int(final.get("step", 0)),
     )
+
+
+def evaluation_run(run: Run) -> Run:
+    """``run`` as evaluation adapts it: its model and algorithm rebuilt for ``eval.ways`` and
+    ``eval.inner_lr`` where the config sets them (:func:`evaluation_config`), else ``run``."""
+    config = evaluation_config(run.config)
+    if config == run.config:
+        return run
+    device = next(iter(run.params.values())).device
+    experiment = build_experiment(config, device)
+    params = fit_params(experiment.algorithm, run.params, device, experiment.dtype)
+    if params is None:
+        raise ConfigError(
+            f"eval.ways: {config.task.ways}-way evaluation needs the model's output layer in "
+            f"algorithm.zero_init; the run's learned parameters fit {run.config.task.ways} ways"
+        )
+    with torch.no_grad():
+        for name, parameter in experiment.model.named_parameters():
+            parameter.copy_(params[name])
+    return Run(run.run_dir, config, experiment.model, params, experiment.algorithm, run.step)

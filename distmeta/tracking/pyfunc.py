@@ -38,7 +38,8 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import AnyType, Array
 
 from distmeta.config import parse_config
-from distmeta.engine.experiment import build_algorithm, build_model
+from distmeta.engine.experiment import build_algorithm, build_model, evaluation_config
+from distmeta.engine.run import fit_params
 from distmeta.errors import TrackingError
 from distmeta.tasks import TaskBatch
 
@@ -193,14 +194,16 @@ class AdaptThenPredict(PythonModel):
     def load_context(self, context) -> None:
         artifacts = context.artifacts
         config = parse_config(yaml.safe_load(Path(artifacts["config"]).read_text()))
+        config = evaluation_config(config)
         self.spec = TaskSpec.from_json(Path(artifacts["task"]).read_text())
         self.dtype = getattr(torch, config.train.dtype)
         self.model = build_model(config, self.spec)
         self.algorithm = build_algorithm(config, self.model, self.spec)
         final = torch.load(artifacts["final"], map_location="cpu", weights_only=True)
-        self.params = {
-            name: final["params"][name].to(self.dtype) for name in self.algorithm.param_names
-        }
+        params = fit_params(self.algorithm, final["params"], "cpu", self.dtype)
+        if params is None:
+            raise TrackingError(f"{artifacts['final']} does not fit the model of its task.json")
+        self.params = params
 
     def _task(self, row: pd.Series, task: int) -> dict[str, Any]:
         shape = tuple(self.spec.input_shape)
