@@ -329,17 +329,30 @@ def test_task_threads_give_the_one_at_a_time_result_bit_for_bit(name):
     assert torch.equal(curve, expected_curve)
 
 
-def test_task_threads_run_tasks_off_the_calling_thread_on_model_copies():
-    model, batch = _conv4_batch(tasks=4)
-    calls = []
-    model.register_forward_pre_hook(
-        lambda module, args: calls.append((threading.get_ident(), module))
-    )
+def test_task_threads_each_run_tasks_on_their_own_model():
+    model, batch = _conv4_batch(tasks=8)
+    calls, caller, helper_ran = [], threading.get_ident(), threading.Event()
+
+    def record(module, args):
+        calls.append((threading.get_ident(), id(module)))
+        if threading.get_ident() == caller:
+            helper_ran.wait(timeout=30)  # so that the helper gets tasks on a busy machine
+        else:
+            helper_ran.set()
+
+    model.register_forward_pre_hook(record)
     algo = dm.algorithms.MAML(model, F.cross_entropy, 0.3, 1, execution="loop", task_threads=2)
     algo.meta_gradient(algo.init_params(), batch)
-    assert calls
-    assert all(thread != threading.get_ident() for thread, _ in calls)
-    assert all(module is not model for _, module in calls)
+    models_of = {}
+    for thread, module in calls:
+        models_of.setdefault(thread, set()).add(module)
+    assert caller in models_of  # the calling thread computes tasks too
+    assert len(models_of) == 2
+    # The calling thread uses the model, the helper its copy: functional_call swaps a
+    # module's parameters, so two threads must never share one.
+    assert models_of[caller] == {id(model)}
+    assert all(len(modules) == 1 for modules in models_of.values())
+    assert len(set.union(*models_of.values())) == 2
 
 
 def test_a_failing_task_among_threads_is_named_and_threads_are_restored():

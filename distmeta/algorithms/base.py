@@ -63,6 +63,63 @@ def choose_task_threads(device: torch.device, tasks: int) -> int:
     return max(1, min(torch.get_num_threads(), tasks))
 
 
+class _TaskQueue:
+    """Task indices handed to several threads one at a time, their results returned in order.
+
+    Helper threads call :meth:`work`; the calling thread iterates :meth:`results`, which
+    computes tasks too while the next result in order is not ready. After a task fails, no
+    new task starts, and the failure is raised in its place in the order.
+    """
+
+    def __init__(self, fn: Callable[[int], _Result], tasks: int):
+        self._fn, self._tasks = fn, tasks
+        self._next = 0
+        self._stopped = False
+        self._finished: dict[int, tuple[bool, object]] = {}
+        self._changed = threading.Condition()
+
+    def _take(self) -> int | None:
+        with self._changed:
+            if self._stopped or self._next == self._tasks:
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def _run(self, index: int) -> None:
+        try:
+            outcome = (True, self._fn(index))
+        except Exception as error:
+            outcome = (False, error)
+        with self._changed:
+            self._finished[index] = outcome
+            self._stopped = self._stopped or not outcome[0]
+            self._changed.notify_all()
+
+    def work(self) -> None:
+        while (index := self._take()) is not None:
+            self._run(index)
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+
+    def results(self) -> Iterator[_Result]:
+        for wanted in range(self._tasks):
+            while wanted not in self._finished:
+                index = self._take()
+                if index is not None:
+                    self._run(index)
+                    continue
+                with self._changed:  # every task is taken: wait for the one wanted
+                    while wanted not in self._finished:
+                        self._changed.wait()
+            with self._changed:
+                succeeded, value = self._finished.pop(wanted)
+            if not succeeded:
+                raise value
+            yield value
+
+
 @contextmanager
 def _single_threaded_operations() -> Iterator[None]:
     """torch's intra-op parallelism off for the block (process-wide), then restored."""
@@ -384,7 +441,10 @@ class MetaAlgorithm(ABC):
     def _map_tasks(
         self, fn: Callable[[int], _Result], tasks: int, device: torch.device
     ) -> Iterator[_Result]:
-        """``fn(0), ..., fn(tasks - 1)`` in order, ``task_threads`` of them at once."""
+        """``fn(0), ..., fn(tasks - 1)`` in order, ``task_threads`` of them at once: the
+        calling thread computes tasks too, beside ``task_threads - 1`` helper threads (each
+        thread allocates from its own malloc arena, so one thread fewer is one arena's
+        memory less)."""
         if self.task_threads == "auto":
             threads = choose_task_threads(device, tasks)
         else:
@@ -392,11 +452,17 @@ class MetaAlgorithm(ABC):
         if threads == 1:
             yield from map(fn, range(tasks))
             return
+        queue = _TaskQueue(fn, tasks)
         with (
             _single_threaded_operations(),
-            ThreadPoolExecutor(threads, initializer=self._start_worker) as pool,
+            ThreadPoolExecutor(threads - 1, initializer=self._start_worker) as pool,
         ):
-            yield from pool.map(fn, range(tasks))
+            for _ in range(threads - 1):
+                pool.submit(queue.work)
+            try:
+                yield from queue.results()
+            finally:
+                queue.stop()
 
     def _start_worker(self) -> None:
         self._worker.replica = (self, copy.deepcopy(self.model))
