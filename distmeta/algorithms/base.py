@@ -159,13 +159,14 @@ class MetaAlgorithm(ABC):
             order, so a learned head only adds noise, and a head that starts at zero makes
             the first inner step a comparison of the query's features with each class's.
         task_threads: Tasks computed at once when looping over tasks, each in its own Python
-            thread with single-threaded operations and its own copy of the model (the
-            results are summed in task order, as one at a time). ``"auto"``:
-            :func:`choose_task_threads`. Memory grows with the tasks in flight.
+            thread (the calling one and helpers) with single-threaded operations, each
+            helper with its own copy of the model (the results are summed in task order, as
+            one at a time). ``"auto"``: :func:`choose_task_threads`. Memory grows with the
+            tasks in flight.
     """
 
     _worker = threading.local()
-    """Per thread of a task pool: ``(algorithm, its model copy)``. ``functional_call``
+    """Per helper thread of a task pool: ``(algorithm, its model copy)``. ``functional_call``
     swaps a module's parameters for the call, so threads must not share the module."""
 
     def __init__(
