@@ -10,7 +10,7 @@ from torch import nn
 
 from distmeta.algorithms import MetaAlgorithm
 from distmeta.config import ExperimentConfig, apply_overrides, parse_config
-from distmeta.engine.experiment import build_experiment, evaluation_config
+from distmeta.engine.experiment import Experiment, build_experiment, evaluation_config
 from distmeta.engine.rundir import RunDir
 from distmeta.errors import CheckpointError, ConfigError, RunError
 
@@ -75,17 +75,7 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None, device: st
             f"{config.algorithm.name} / {config.model.name} model as configured "
             "(did an override change the model's shape, e.g. task.ways?)"
         )
-    with torch.no_grad():
-        for name, parameter in experiment.model.named_parameters():
-            parameter.copy_(params[name])
-    return Run(
-        folder.uri,
-        config,
-        experiment.model,
-        params,
-        experiment.algorithm,
-        int(final.get("step", 0)),
-    )
+    return _with_params(folder.uri, experiment, params, int(final.get("step", 0)))
 
 
 def evaluation_run(run: Run) -> Run:
@@ -102,7 +92,14 @@ def evaluation_run(run: Run) -> Run:
             f"eval.ways: {config.task.ways}-way evaluation needs the model's output layer in "
             f"algorithm.zero_init; the run's learned parameters fit {run.config.task.ways} ways"
         )
+    return _with_params(run.run_dir, experiment, params, run.step)
+
+
+def _with_params(
+    run_dir: str, experiment: Experiment, params: dict[str, torch.Tensor], step: int
+) -> Run:
+    """The run of ``experiment`` whose model holds ``params``."""
     with torch.no_grad():
         for name, parameter in experiment.model.named_parameters():
             parameter.copy_(params[name])
-    return Run(run.run_dir, config, experiment.model, params, experiment.algorithm, run.step)
+    return Run(run_dir, experiment.config, experiment.model, params, experiment.algorithm, step)
