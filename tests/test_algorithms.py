@@ -17,7 +17,7 @@ from reference import (
 )
 
 import distmeta as dm
-from distmeta.algorithms.base import choose_task_threads
+from distmeta.algorithms.base import _TaskQueue, choose_task_threads
 from distmeta.errors import TaskFailedError
 
 torch.set_default_dtype(torch.float32)
@@ -371,6 +371,22 @@ def test_a_failing_task_among_threads_is_named_and_threads_are_restored():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+def test_after_a_failing_task_a_helper_starts_no_new_task():
+    calls = []
+
+    def task(index):
+        calls.append(index)
+        if index == 0:
+            raise RuntimeError("task 0 fails")
+        return index
+
+    queue = _TaskQueue(task, 10)
+    queue.work()  # as a helper thread does, here on the calling thread
+    assert calls == [0]
+    with pytest.raises(RuntimeError, match="task 0 fails"):
+        list(queue.results())
 
 
 def test_task_threads_follow_torch_threads_on_cpu_and_are_one_on_cuda():
