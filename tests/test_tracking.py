@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +43,7 @@ from distmeta.tracking.link import read_link
 from distmeta.tracking.provenance import flatten_config
 from distmeta.tracking.pyfunc import input_example
 from distmeta.tracking.quiet import quiet_mlflow
+from distmeta.tracking.store import open_store
 from distmeta.tracking.uploader import RunUploader
 from distmeta.tracking.writer import write
 
@@ -385,6 +389,37 @@ def test_unreachable_server_fails_before_training(tmp_path):
     _one_error_line(result, f"http://127.0.0.1:{port}", "cannot be used")
     assert time.monotonic() - started < 60
     assert not (tmp_path / "run").exists()
+
+
+def test_the_store_check_survives_a_connection_the_server_resets():
+    """A server may drop a kept-alive connection as a request arrives on it (a Tune trial in a
+    reused actor process did, after the previous trial's idle connection timed out): the
+    check retries instead of failing the run."""
+    answers = []
+
+    def serve(listener: socket.socket) -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                if not answers:  # the first request: reset the connection, answer nothing
+                    answers.append("reset")
+                    linger = struct.pack("ii", 1, 0)
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    continue
+                body = b'{"experiments": []}'
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                )
+                answers.append("answered")
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=serve, args=(listener,), daemon=True)
+        server.start()
+        open_store(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        server.join(timeout=10)
+    assert answers == ["reset", "answered"]
 
 
 def test_a_store_in_a_missing_folder_fails_before_training(tmp_path):

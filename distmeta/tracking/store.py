@@ -38,8 +38,14 @@ ARTIFACTS_FOLDER = "mlartifacts"
 _SQLITE = "sqlite:///"
 _PARAMS_PER_REQUEST = 100  # MLflow refuses more in one log_batch
 
-# The reachability check must answer in seconds, not after MLflow's minutes of retries.
-_CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# The reachability check must answer in seconds, not after MLflow's minutes of retries, yet
+# survive a kept-alive connection the server drops as the request arrives: two quick retries.
+_CHECK_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
