@@ -1,5 +1,6 @@
 """Per-task batch norm: the fused one-task path (batch norm + max-pooling) against autograd's
-own derivatives of max_pool2d(batch_norm(x)) in float64, and the choice of path."""
+own derivatives of max_pool2d(batch_norm(x)) in float64, the first block's fusion with its
+convolution against the convolution then the fused path, and the choice of path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from torch.func import vmap
 
 import distmeta as dm
 from distmeta.models import TaskBatchNorm2d
-from distmeta.models.task_batch_norm import one_task_eager, pooled_task_batch_norm
+from distmeta.models.task_batch_norm import (
+    conv_pooled_task_batch_norm,
+    one_task_eager,
+    pooled_task_batch_norm,
+)
 
 
 def _reference(x, weight, bias):
@@ -84,6 +89,65 @@ def test_third_derivative_equals_plain_batch_norm_then_pooling():
         results.append(torch.autograd.grad(ggx.sin().sum(), (x, weight, bias)))
     for ours, expected in zip(*results, strict=True):  # values up to ~1e3: rounding ~1e-9
         torch.testing.assert_close(ours, expected, rtol=1e-8, atol=1e-8)
+
+
+def _conv_inputs(channels_last=False, size=6, weight=(1.5, -0.7, 0.0, 0.3)):
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(3, 2, size, size, dtype=torch.float64, generator=generator)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    conv_weight = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=generator)
+    conv_bias = torch.randn(4, dtype=torch.float64, generator=generator)
+    weight = torch.tensor(weight, dtype=torch.float64)
+    bias = torch.randn(4, dtype=torch.float64, generator=generator)
+    return images, [t.requires_grad_() for t in (conv_weight, conv_bias, weight, bias)]
+
+
+def _conv_fused(images):
+    return lambda cw, cb, w, b: conv_pooled_task_batch_norm(images, cw, cb, w, b, 1e-5, 2, 1)
+
+
+def _conv_then_fused(images):
+    return lambda cw, cb, w, b: _fused(F.conv2d(images, cw, cb, padding=1), w, b)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [6, 7])
+def test_conv_fused_path_passes_gradcheck_and_gradgradcheck(channels_last, size):
+    images, params = _conv_inputs(channels_last, size, weight=(1.5, -0.7, 0.4, 0.3))
+    assert torch.autograd.gradcheck(_conv_fused(images), params)
+    assert torch.autograd.gradgradcheck(_conv_fused(images), params)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_fused_path_equals_the_convolution_then_the_fused_path(channels_last):
+    """Values, first derivatives (computed in place, twice from one retained graph) and
+    second derivatives, with a negative and a zero scale among the channels."""
+    images, params = _conv_inputs(channels_last)
+    upstream = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    results = []
+    for norm in (_conv_fused(images), _conv_then_fused(images)):
+        out = norm(*params)
+        loss = (out * upstream).sin().sum()
+        first = torch.autograd.grad(loss, params, retain_graph=True)
+        again = torch.autograd.grad(loss, params)
+        grads = torch.autograd.grad(
+            (norm(*params) * upstream).sin().sum(), params, create_graph=True
+        )
+        objective = sum((g * torch.linspace(-1, 2, g.numel()).view_as(g)).sum() for g in grads)
+        second = torch.autograd.grad(objective, params)
+        results.append([out, *first, *again, *second])
+    for ours, expected in zip(*results, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_conv4_differentiates_its_input_images_too():
+    torch.manual_seed(0)
+    model = dm.models.Conv4(1, 3, hidden=4, image_size=16).double()
+    inputs = torch.randn(5, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    (eager,) = torch.autograd.grad(model(inputs).sin().sum(), inputs)
+    (plain,) = torch.autograd.grad(vmap(model)(inputs[None]).sin().sum(), inputs)
+    torch.testing.assert_close(eager, plain)
 
 
 def test_float32_channels_last_matches_the_modules():

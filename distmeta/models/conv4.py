@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from distmeta.models.task_batch_norm import TaskBatchNorm2d, one_task_eager, pooled_task_batch_norm
+from distmeta.models.task_batch_norm import (
+    TaskBatchNorm2d,
+    conv_pooled_task_batch_norm,
+    one_task_eager,
+    pooled_task_batch_norm,
+)
 
 __all__ = ["Conv4", "TaskBatchNorm2d"]
 
@@ -19,12 +25,14 @@ class Conv4(nn.Module):
     Each block pools before its ReLU: the same function and the same gradients (max-pooling
     commutes with a monotone function, and both pick the same element), with a quarter of the
     ReLU's work. Run eagerly one task at a time (distmeta's per-task loop, adaptation at test
-    time), batch norm and pooling are one fused function (:func:`pooled_task_batch_norm`), and
-    on a CPU the activations are channels-last: oneDNN then convolves without reordering, the
-    first convolution (one input channel) runs about four times faster and max-pooling ten
-    times. Second-order MAML on Omniglot then runs twice as fast, in less than half the
-    memory, as with the modules run one after the other (see
-    ``benchmarks/omniglot_maml_speed.py``).
+    time), batch norm and pooling are one fused function (:func:`pooled_task_batch_norm`); in
+    the first block, on images that are not differentiated, the convolution joins it
+    (:func:`conv_pooled_task_batch_norm`), whose backward pass writes the gradient of the
+    largest activation over that activation; and on a CPU the activations (and filters) are
+    channels-last: oneDNN then convolves without reordering, the first convolution (one input
+    channel) runs about four times faster and max-pooling ten times. Second-order MAML on
+    Omniglot then runs twice as fast, in less than half the memory, as with the modules run
+    one after the other (see ``benchmarks/omniglot_maml_speed.py``).
 
     Args:
         in_channels: Image channels (1 for Omniglot, 3 for RGB).
@@ -57,13 +65,35 @@ class Conv4(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not one_task_eager():
             return self.head(torch.flatten(self.features(x), 1))
-        if x.device.type == "cpu":
+        channels_last = x.device.type == "cpu"
+        if channels_last:
             # clone, not contiguous: with one channel, NCHW is already channels-last
             # contiguous and would stay NCHW-strided.
             x = x.clone(memory_format=torch.channels_last)
         layers = list(self.features)
         for start in range(0, len(layers), 4):
             conv, norm, pool, relu = layers[start : start + 4]
-            x = pooled_task_batch_norm(conv(x), norm.weight, norm.bias, norm.eps, pool.kernel_size)
+            filters = conv.weight
+            if channels_last:  # once here, not again in each convolution and its derivatives
+                filters = filters.contiguous(memory_format=torch.channels_last)
+            if x.requires_grad:
+                x = pooled_task_batch_norm(
+                    F.conv2d(x, filters, conv.bias, conv.stride, conv.padding),
+                    norm.weight,
+                    norm.bias,
+                    norm.eps,
+                    pool.kernel_size,
+                )
+            else:
+                x = conv_pooled_task_batch_norm(
+                    x,
+                    filters,
+                    conv.bias,
+                    norm.weight,
+                    norm.bias,
+                    norm.eps,
+                    pool.kernel_size,
+                    conv.padding[0],
+                )
             x = relu(x)
         return self.head(torch.flatten(x, 1))
