@@ -141,6 +141,36 @@ def test_conv_fused_path_equals_the_convolution_then_the_fused_path(channels_las
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("used", range(4))
+def test_conv_fused_second_derivatives_when_one_first_derivative_is_used(used):
+    """The inner loop's gradient as one function of the four parameters: its derivative when
+    the outer objective uses only the filters', the conv bias', the scale's or the shift's."""
+    images, params = _conv_inputs(weight=(1.5, -0.7, 0.4, 0.3))
+    results = []
+    for norm in (_conv_fused(images), _conv_then_fused(images)):
+        grads = torch.autograd.grad(norm(*params).sin().sum(), params, create_graph=True)
+        objective = grads[used] * torch.linspace(-1, 2, grads[used].numel()).view_as(grads[used])
+        results.append(torch.autograd.grad(objective.sum(), params, allow_unused=True))
+    for ours, expected in zip(*results, strict=True):
+        if ours is None or expected is None:
+            present = ours if expected is None else expected
+            assert present is None or present.abs().max() < 1e-12
+            continue
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_conv_fused_third_derivative_equals_the_convolution_then_the_fused_path():
+    images, params = _conv_inputs(weight=(1.5, -0.7, 0.4, 0.3))
+    results = []
+    for norm in (_conv_fused(images), _conv_then_fused(images)):
+        first = torch.autograd.grad(norm(*params).pow(3).sum(), params, create_graph=True)
+        objective = sum(g.square().sum() for g in first)
+        second = torch.autograd.grad(objective, params, create_graph=True)
+        results.append(torch.autograd.grad(sum(g.sin().sum() for g in second), params))
+    for ours, expected in zip(*results, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-8, atol=1e-8)
+
+
 def test_conv4_differentiates_its_input_images_too():
     torch.manual_seed(0)
     model = dm.models.Conv4(1, 3, hidden=4, image_size=16).double()

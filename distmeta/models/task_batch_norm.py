@@ -325,41 +325,64 @@ class _PooledTaskBatchNormBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, u, p, q):
         g, x, w, indices, mean, invstd, pooled = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # A third derivative is being recorded: the statistics and the pooled values
-            # must carry their dependence on x, which the saved ones do not.
-            mean, invstd = _statistics(x, ctx.eps)
-            pooled = _gather(x, indices)
-        count = x.numel() // x.shape[1]
-        r, s = invstd, w * invstd
-        normalised = (pooled - _per_channel(mean, x)) * _per_channel(r, x)
-        g_mean = g.sum(dim=(0, 2, 3)) / count
-        gxh_mean = (g * normalised).sum(dim=(0, 2, 3)) / count
-        zeros = torch.zeros_like(w)
-        p = zeros if p is None else p
-        q = zeros if q is None else q
-        if u is None:
-            u_mean = uxh_mean = S = zeros
-        else:
-            u_pooled = _gather(u, indices)
-            u_mean = u.sum(dim=(0, 2, 3)) / count
-            uxh_mean = r * ((u * x).sum(dim=(0, 2, 3)) / count - mean * u_mean)
-            S = (u_pooled * g).sum(dim=(0, 2, 3)) - count * (g_mean * u_mean + gxh_mean * uxh_mean)
-        c1, c2 = p - s * uxh_mean, -s * gxh_mean
-        h_mean, hxh_mean = c1 * g_mean + c2 * u_mean, c1 * gxh_mean + c2 * uxh_mean
-
-        grad_g = torch.addcmul(_per_channel(q - s * u_mean, x), normalised, _per_channel(c1, x))
-        # xh = r x - r mean: fold the xh term of d/dx into an affine function of x.
-        xh_coef = -r * hxh_mean - r * r * w * S / count
-        grad_x = torch.ops.aten.max_unpool2d(
-            g * _per_channel(r * c1, x), indices, list(x.shape[-2:])
+        grad_g, grad_x, grad_w = _second_derivative(
+            g, x, w, indices, mean, invstd, pooled, ctx.eps, u, p, q
         )
-        shift = -r * h_mean - mean * r * xh_coef
-        grad_x = grad_x + torch.addcmul(_per_channel(shift, x), x, _per_channel(r * xh_coef, x))
-        if u is not None:
-            grad_g = grad_g + _per_channel(s, x) * u_pooled
-            grad_x = grad_x + _per_channel(r * c2, x) * u
-        return grad_g, grad_x, r * S, None, None, None, None, None
+        return grad_g, grad_x, grad_w, None, None, None, None, None
+
+
+def _second_derivative(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    indices: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    pooled: torch.Tensor | None,
+    eps: float,
+    u: torch.Tensor | None,
+    p: torch.Tensor | None,
+    q: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss's gradients ``(d/dg, d/dx, d/dw)`` given ``(u, p, q)``, the gradients of the
+    first derivative's outputs (see :class:`_PooledTaskBatchNormBackward`); differentiable
+    when grad mode is on. ``pooled`` (the values of ``x`` at ``indices``) is gathered when
+    not given."""
+    if torch.is_grad_enabled():
+        # A third derivative is being recorded: the statistics and the pooled values
+        # must carry their dependence on x, which the saved ones do not.
+        mean, invstd = _statistics(x, eps)
+        pooled = None
+    if pooled is None:
+        pooled = _gather(x, indices)
+    count = x.numel() // x.shape[1]
+    r, s = invstd, w * invstd
+    normalised = (pooled - _per_channel(mean, x)) * _per_channel(r, x)
+    g_mean = g.sum(dim=(0, 2, 3)) / count
+    gxh_mean = (g * normalised).sum(dim=(0, 2, 3)) / count
+    zeros = torch.zeros_like(w)
+    p = zeros if p is None else p
+    q = zeros if q is None else q
+    if u is None:
+        u_mean = uxh_mean = S = zeros
+    else:
+        u_pooled = _gather(u, indices)
+        u_mean = u.sum(dim=(0, 2, 3)) / count
+        uxh_mean = r * ((u * x).sum(dim=(0, 2, 3)) / count - mean * u_mean)
+        S = (u_pooled * g).sum(dim=(0, 2, 3)) - count * (g_mean * u_mean + gxh_mean * uxh_mean)
+    c1, c2 = p - s * uxh_mean, -s * gxh_mean
+    h_mean, hxh_mean = c1 * g_mean + c2 * u_mean, c1 * gxh_mean + c2 * uxh_mean
+
+    grad_g = torch.addcmul(_per_channel(q - s * u_mean, x), normalised, _per_channel(c1, x))
+    # xh = r x - r mean: fold the xh term of d/dx into an affine function of x.
+    xh_coef = -r * hxh_mean - r * r * w * S / count
+    grad_x = torch.ops.aten.max_unpool2d(g * _per_channel(r * c1, x), indices, list(x.shape[-2:]))
+    shift = -r * h_mean - mean * r * xh_coef
+    grad_x = grad_x + torch.addcmul(_per_channel(shift, x), x, _per_channel(r * xh_coef, x))
+    if u is not None:
+        grad_g = grad_g + _per_channel(s, x) * u_pooled
+        grad_x = grad_x + _per_channel(r * c2, x) * u
+    return grad_g, grad_x, r * S
 
 
 class _ConvPooledTaskBatchNorm(torch.autograd.Function):
@@ -388,32 +411,106 @@ class _ConvPooledTaskBatchNorm(torch.autograd.Function):
             return (None,) * 8
         images, conv_weight, conv_bias, weight, indices, mean, invstd = ctx.saved_tensors
         x, ctx.convolved = ctx.convolved, None
-        if torch.is_grad_enabled():  # a higher derivative is recorded through x
-            x = F.conv2d(images, conv_weight, conv_bias, padding=ctx.padding)
-            pooled = _gather(x.detach(), indices)
-            grad_x, grad_weight, grad_bias = _PooledTaskBatchNormBackward.apply(
-                grad, x, weight, indices, mean, invstd, pooled, ctx.eps
+        if torch.is_grad_enabled():  # a higher derivative is recorded
+            del x
+            grad_conv_weight, grad_conv_bias, grad_weight, grad_bias = (
+                _ConvPooledTaskBatchNormBackward.apply(
+                    grad,
+                    images,
+                    conv_weight,
+                    conv_bias,
+                    weight,
+                    indices,
+                    mean,
+                    invstd,
+                    ctx.eps,
+                    ctx.padding,
+                )
             )
-            del pooled
         else:
             if x is None:  # a second backward pass over a retained graph
                 x = F.conv2d(images, conv_weight, conv_bias, padding=ctx.padding)
             grad_x, grad_weight, grad_bias = _first_derivative_into(
                 grad, x, weight, indices, mean, invstd
             )
-        del x
-        has_bias = conv_bias is not None
-        _, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
-            grad_x,
-            images,
-            conv_weight,
-            [conv_weight.shape[0]] if has_bias else None,
-            [1, 1],
-            [ctx.padding, ctx.padding],
-            [1, 1],
-            False,
-            [0, 0],
-            1,
-            [False, True, has_bias],
-        )
+            del x
+            grad_conv_weight, grad_conv_bias = _filter_gradients(
+                grad_x, images, conv_weight, conv_bias is not None, ctx.padding
+            )
         return None, grad_conv_weight, grad_conv_bias, grad_weight, grad_bias, None, None, None
+
+
+class _ConvPooledTaskBatchNormBackward(torch.autograd.Function):
+    """The first block's gradients with respect to its four parameters, with its own (second)
+    derivative, which recomputes the convolution.
+
+    Recorded by the inner loop, whose gradient the outer pass differentiates: the
+    convolution's output and the gradient with respect to it (each the first block's full
+    size) are not kept from the one pass to the other, only the pooled-size gradient coming
+    in. The filters' gradient is linear in the gradient ``grad_x`` with respect to the
+    convolution's output, so the gradient of a loss with respect to ``grad_x`` is the
+    convolution of the images with the loss's gradient ``u`` with respect to the filters'
+    gradient; that ``u`` goes through :func:`_second_derivative`, and the gradient with
+    respect to ``x`` it returns back through the convolution to its filters.
+    """
+
+    @staticmethod
+    def forward(grad, images, conv_weight, conv_bias, weight, indices, mean, invstd, eps, padding):
+        x = F.conv2d(images, conv_weight, conv_bias, padding=padding)
+        grad_x, grad_weight, grad_bias = _first_derivative_into(
+            grad, x, weight, indices, mean, invstd
+        )
+        grad_conv_weight, grad_conv_bias = _filter_gradients(
+            grad_x, images, conv_weight, conv_bias is not None, padding
+        )
+        return grad_conv_weight, grad_conv_bias, grad_weight, grad_bias
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        grad, images, conv_weight, conv_bias, weight, indices, mean, invstd, eps, padding = inputs
+        ctx.save_for_backward(grad, images, conv_weight, conv_bias, weight, indices, mean, invstd)
+        ctx.eps, ctx.padding = eps, padding
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, grad_conv_weight_in, grad_conv_bias_in, p, q):
+        g, images, conv_weight, conv_bias, w, indices, mean, invstd = ctx.saved_tensors
+        x = F.conv2d(images, conv_weight, conv_bias, padding=ctx.padding)
+        u = None
+        if grad_conv_weight_in is not None or grad_conv_bias_in is not None:
+            if grad_conv_weight_in is None:
+                grad_conv_weight_in = torch.zeros_like(conv_weight)
+            u = F.conv2d(images, grad_conv_weight_in, grad_conv_bias_in, padding=ctx.padding)
+        grad_g, grad_x, grad_w = _second_derivative(
+            g, x, w, indices, mean, invstd, None, ctx.eps, u, p, q
+        )
+        del x, u
+        grad_conv_weight, grad_conv_bias = _filter_gradients(
+            grad_x, images, conv_weight, conv_bias is not None, ctx.padding
+        )
+        return grad_g, None, grad_conv_weight, grad_conv_bias, grad_w, None, None, None, None, None
+
+
+def _filter_gradients(
+    grad_x: torch.Tensor,
+    images: torch.Tensor,
+    conv_weight: torch.Tensor,
+    has_bias: bool,
+    padding: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gradients of a stride-1 convolution's filters and bias (``None`` without one),
+    given ``grad_x`` with respect to its output; not the images'."""
+    _, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
+        grad_x,
+        images,
+        conv_weight,
+        [conv_weight.shape[0]] if has_bias else None,
+        [1, 1],
+        [padding, padding],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [False, True, has_bias],
+    )
+    return grad_conv_weight, grad_conv_bias
