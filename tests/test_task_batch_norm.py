@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 import distmeta as dm
-from distmeta.models import TaskBatchNorm2d
+from distmeta.models import TaskBatchNorm2d, task_batch_norm
 from distmeta.models.task_batch_norm import (
     conv_pooled_task_batch_norm,
     one_task_eager,
@@ -103,6 +103,24 @@ def _conv_inputs(channels_last=False, size=6, weight=(1.5, -0.7, 0.0, 0.3)):
     return images, [t.requires_grad_() for t in (conv_weight, conv_bias, weight, bias)]
 
 
+@pytest.fixture(params=[None, 1, 2], ids=["whole", "chunks of 1", "chunks of 2"])
+def images_per_chunk(request, monkeypatch):
+    """The conv-fused function over all (3) images at once, or a chunk of 1 or 2 images at a
+    time (chunks of 2: one of 2 and one of 1); a chunk's size is its convolution output's."""
+    if request.param is not None:
+        largest_image_output = 4 * 7 * 7 * 8  # 4 channels of 7x7 in float64
+        monkeypatch.setattr(task_batch_norm, "_CHUNK_BYTES", request.param * largest_image_output)
+    return request.param
+
+
+def test_images_are_convolved_in_chunks_of_the_set_size(images_per_chunk):
+    images, _ = _conv_inputs(size=7)
+    chunks = task_batch_norm._image_chunks(images, 4)
+    expected = {None: [slice(0, 3)], 1: [slice(i, i + 1) for i in range(3)]}
+    expected[2] = [slice(0, 2), slice(2, 3)]
+    assert chunks == expected[images_per_chunk]
+
+
 def _conv_fused(images):
     return lambda cw, cb, w, b: conv_pooled_task_batch_norm(images, cw, cb, w, b, 1e-5, 2, 1)
 
@@ -113,14 +131,16 @@ def _conv_then_fused(images):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("size", [6, 7])
-def test_conv_fused_path_passes_gradcheck_and_gradgradcheck(channels_last, size):
+def test_conv_fused_path_passes_gradcheck_and_gradgradcheck(channels_last, size, images_per_chunk):
     images, params = _conv_inputs(channels_last, size, weight=(1.5, -0.7, 0.4, 0.3))
     assert torch.autograd.gradcheck(_conv_fused(images), params)
     assert torch.autograd.gradgradcheck(_conv_fused(images), params)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_conv_fused_path_equals_the_convolution_then_the_fused_path(channels_last):
+def test_conv_fused_path_equals_the_convolution_then_the_fused_path(
+    channels_last, images_per_chunk
+):
     """Values, first derivatives (computed in place, twice from one retained graph) and
     second derivatives, with a negative and a zero scale among the channels."""
     images, params = _conv_inputs(channels_last)
@@ -142,7 +162,7 @@ def test_conv_fused_path_equals_the_convolution_then_the_fused_path(channels_las
 
 
 @pytest.mark.parametrize("used", range(4))
-def test_conv_fused_second_derivatives_when_one_first_derivative_is_used(used):
+def test_conv_fused_second_derivatives_when_one_first_derivative_is_used(used, images_per_chunk):
     """The inner loop's gradient as one function of the four parameters: its derivative when
     the outer objective uses only the filters', the conv bias', the scale's or the shift's."""
     images, params = _conv_inputs(weight=(1.5, -0.7, 0.4, 0.3))
@@ -159,7 +179,7 @@ def test_conv_fused_second_derivatives_when_one_first_derivative_is_used(used):
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_conv_fused_third_derivative_equals_the_convolution_then_the_fused_path():
+def test_conv_fused_third_derivative_equals_the_convolution_then_the_fused_path(images_per_chunk):
     images, params = _conv_inputs(weight=(1.5, -0.7, 0.4, 0.3))
     results = []
     for norm in (_conv_fused(images), _conv_then_fused(images)):
@@ -169,6 +189,33 @@ def test_conv_fused_third_derivative_equals_the_convolution_then_the_fused_path(
         results.append(torch.autograd.grad(sum(g.sin().sum() for g in second), params))
     for ours, expected in zip(*results, strict=True):
         torch.testing.assert_close(ours, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_float32_omniglot_query_set_in_chunks_is_as_exact_as_float32_allows():
+    """A 5-way 15-query set of 28x28 binary images (blank windows: ties everywhere) through a
+    64-filter first block, convolved in four chunks in float32: values and gradients within
+    1e-4 of float64's (relative to the largest output, or the largest gradient; the conv
+    bias's exact gradient is zero, batch norm removes it)."""
+    generator = torch.Generator().manual_seed(0)
+    images = (torch.rand(75, 1, 28, 28, generator=generator) > 0.8).float()
+    images = images.clone(memory_format=torch.channels_last)
+    conv, norm = torch.nn.Conv2d(1, 64, 3, padding=1), TaskBatchNorm2d(64)
+    upstream = torch.randn(75, 64, 14, 14, generator=generator)
+    assert len(task_batch_norm._image_chunks(images, 64)) == 4
+    results = []
+    for dtype, norm_fn in ((torch.float32, _conv_fused), (torch.float64, _conv_then_fused)):
+        params = [p.detach().to(dtype).requires_grad_() for p in (conv.weight, conv.bias)]
+        params += [p.detach().to(dtype).requires_grad_() for p in (norm.weight, norm.bias)]
+        out = norm_fn(images.to(dtype))(*params)
+        grads = torch.autograd.grad((out * upstream.to(dtype)).sum(), params)
+        results.append([out, *grads])
+    (out, *grads), (expected_out, *expected_grads) = results
+    torch.testing.assert_close(
+        out.double(), expected_out, rtol=0, atol=1e-4 * float(out.detach().abs().max())
+    )
+    largest = max(float(g.abs().max()) for g in expected_grads)
+    for ours, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(ours.double(), expected, rtol=0, atol=1e-4 * largest)
 
 
 def test_conv4_differentiates_its_input_images_too():

@@ -27,10 +27,10 @@ class Conv4(nn.Module):
     ReLU's work. Run eagerly one task at a time (distmeta's per-task loop, adaptation at test
     time), batch norm and pooling are one fused function (:func:`pooled_task_batch_norm`); in
     the first block, on images that are not differentiated, the convolution joins it
-    (:func:`conv_pooled_task_batch_norm`), whose backward pass writes the gradient of the
-    largest activation over that activation; and on a CPU the activations (and filters) are
-    channels-last: oneDNN then convolves without reordering, the first convolution (one input
-    channel) runs about four times faster and max-pooling ten times. Second-order MAML on
+    (:func:`conv_pooled_task_batch_norm`), which never holds the largest activation whole;
+    and on a CPU the activations (and filters) are channels-last: oneDNN then convolves
+    without reordering, the first convolution (one input channel) runs about four times
+    faster and max-pooling ten times. Second-order MAML on
     Omniglot then runs twice as fast, in less than half the memory, as with the modules run
     one after the other (see ``benchmarks/omniglot_maml_speed.py``).
 

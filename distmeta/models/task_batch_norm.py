@@ -20,7 +20,8 @@ Two formulations, both exact, are chosen by how the model is being run:
   autograd's second derivative of batch norm then max-pooling (2.7 ms against 10.4 ms for the
   first block on one CPU thread).
 - In the first block, on images: :func:`conv_pooled_task_batch_norm`, the convolution too,
-  so that its output is the function's own and can be overwritten with its own gradient.
+  so that its output (the network's largest activation) is never kept nor held whole: it
+  is computed a few images at a time, in the forward pass and again in the backward pass.
 """
 
 from __future__ import annotations
@@ -121,18 +122,21 @@ def conv_pooled_task_batch_norm(
     padding: int,
 ) -> torch.Tensor:
     """:func:`pooled_task_batch_norm` of a stride-1 convolution of inputs that are not
-    differentiated (a network's first block, on the images), with the convolution's output
-    private to the function.
+    differentiated (a network's first block, on the images), without ever holding the
+    convolution's whole output.
 
     That output is the largest activation of the Omniglot Conv4 (four times the pooled size,
-    64 times the images'), and its gradient is as large. Nobody else holds the output here,
-    so the first backward pass that records no higher derivative (MAML's outer pass over the
-    query set) overwrites it with its gradient instead of allocating another buffer of that
-    size: one buffer, not two, at the moment the backward pass holds the most. A pass that
-    records a higher derivative (the inner loop's, on the support set), and any later pass
-    over a retained graph, recompute the convolution (one input channel, cheap) instead. The
-    values and derivatives, to any order, are those of
-    ``pooled_task_batch_norm(conv2d(images, ...))``.
+    64 times the images'), and its gradient is as large. Here it is computed a chunk of
+    images at a time (at most ``_CHUNK_BYTES`` of output each): the forward pass keeps each
+    chunk's batch statistics and pooled values, and the backward pass computes the chunk's
+    convolution again (one input channel: cheap), writes its gradient over it and turns
+    that into the filters' gradient before the next chunk. What is kept between the passes
+    is the pooled values, a quarter of the output's bytes, where the convolution then the
+    fused function keep the output, its int64 pooling positions and the pooled values (1.75
+    times the output's bytes). The statistics of the chunks combine exactly (Chan et al.),
+    and the convolution of a chunk is the same computation in both passes, so both pick the
+    same pooling positions. The values and derivatives, to any order, are those of
+    ``pooled_task_batch_norm(conv2d(images, ...))``, up to the rounding of the statistics.
 
     Args:
         images: ``[n, c_in, h, w]`` inputs; their gradient is not computed.
@@ -202,19 +206,19 @@ def _pool_positions(
 
 
 def _affine_terms(
-    x: torch.Tensor,
+    count: int,
     weight: torch.Tensor,
     mean: torch.Tensor,
     invstd: torch.Tensor,
     grad_weight: torch.Tensor,
     grad_bias: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(s, a, b)`` of the input gradient ``scatter(s g) + a + b x`` (per channel)."""
-    count = x.numel() // x.shape[1]
+    """``(s, a, b)`` of the input gradient ``scatter(s g) + a + b x``, each ``[c]``, for
+    ``count`` elements per channel."""
     scale = weight * invstd
     b = -scale * invstd * grad_weight / count
     a = scale * (invstd * mean * grad_weight - grad_bias) / count
-    return _per_channel(scale, x), _per_channel(a, x), _per_channel(b, x)
+    return scale, a, b
 
 
 def _first_derivative(
@@ -232,34 +236,29 @@ def _first_derivative(
     # One expression, so that its pooled-sized temporaries are freed before the unpooled
     # gradient (four times their size) is allocated.
     grad_weight = (grad * (pooled - _per_channel(mean, x))).sum(dim=(0, 2, 3)) * invstd
-    scale, a, b = _affine_terms(x, weight, mean, invstd, grad_weight, grad_bias)
-    grad_x = torch.ops.aten.max_unpool2d(grad * scale, indices, list(x.shape[-2:]))
-    grad_x.addcmul_(x, b).add_(a)
+    count = x.numel() // x.shape[1]
+    scale, a, b = _affine_terms(count, weight, mean, invstd, grad_weight, grad_bias)
+    grad_x = torch.ops.aten.max_unpool2d(grad * _per_channel(scale, x), indices, list(x.shape[-2:]))
+    grad_x.addcmul_(x, _per_channel(b, x)).add_(_per_channel(a, x))
     return grad_x, grad_weight, grad_bias
 
 
-def _first_derivative_into(
-    grad: torch.Tensor,
+def _gradient_into(
     x: torch.Tensor,
-    weight: torch.Tensor,
     indices: torch.Tensor,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_first_derivative` writing ``grad_x`` into ``x`` (which the caller gives up),
-    with no temporary larger than the pooled size."""
-    grad_bias = grad.sum(dim=(0, 2, 3))
-    centered = _gather(x, indices).sub_(_per_channel(mean, x))
-    grad_weight = centered.mul_(grad).sum(dim=(0, 2, 3)) * invstd
-    del centered
-    scale, a, b = _affine_terms(x, weight, mean, invstd, grad_weight, grad_bias)
-    grad_x = torch.addcmul(a, x, b, out=x)
+    pooled_grad: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+) -> torch.Tensor:
+    """The input gradient ``scatter(pooled_grad) + a + b x`` written over ``x`` (which the
+    caller gives up), with no temporary of its size."""
+    grad_x = torch.addcmul(_per_channel(a, x), x, _per_channel(b, x), out=x)
     last = _channels_last(x)
     planes, dim = _planes(grad_x, last)
     if planes._base is not x:
         raise RuntimeError("the pooled gradient must be scattered into x itself, not a copy")
-    planes.scatter_add_(dim, _planes(indices, last)[0], _planes(grad * scale, last)[0])
-    return grad_x, grad_weight, grad_bias
+    planes.scatter_add_(dim, _planes(indices, last)[0], _planes(pooled_grad, last)[0])
+    return grad_x
 
 
 class _PooledTaskBatchNorm(torch.autograd.Function):
@@ -385,59 +384,147 @@ def _second_derivative(
     return grad_g, grad_x, r * S
 
 
+_CHUNK_BYTES = 4 * 2**20
+"""The most the first block's convolution writes at once (see :func:`_image_chunks`)."""
+
+
+def _image_chunks(images: torch.Tensor, channels: int) -> list[slice]:
+    """Consecutive slices of ``images`` whose convolution outputs (``channels`` planes of
+    about the images' size each) take at most ``_CHUNK_BYTES``, one image at least."""
+    count, _, height, width = images.shape
+    per_image = channels * height * width * images.element_size()
+    step = max(1, _CHUNK_BYTES // per_image)
+    return [slice(start, min(start + step, count)) for start in range(0, count, step)]
+
+
+def _convolved(
+    images: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None, padding: int
+) -> torch.Tensor:
+    """The whole convolution output, computed chunk by chunk as in the forward pass (so
+    bit for bit the same values, and the same pooling positions)."""
+    parts = [
+        F.conv2d(images[part], conv_weight, conv_bias, padding=padding)
+        for part in _image_chunks(images, conv_weight.shape[0])
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _direction(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+    """Per channel, the sign of the batch norm's scale (the weight's): ``None`` when all are
+    positive, the usual case, where pooling after batch norm picks the maxima of ``x``."""
+    return None if bool((weight > 0).all()) else _per_channel(weight.sign(), like)
+
+
+def _window_positions(
+    x: torch.Tensor, direction: torch.Tensor | None, kernel_size: int
+) -> torch.Tensor:
+    """The positions of ``x`` that max-pooling after batch norm picks (see
+    :func:`pooled_task_batch_norm`)."""
+    window = [kernel_size, kernel_size]
+    signed = x if direction is None else x * direction
+    return torch.ops.aten.max_pool2d_with_indices(signed, window, window)[1]
+
+
+def _combined_moments(
+    moments: list[tuple[int, torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of the union of chunks given ``(count, mean, variance)``
+    each (Chan et al.'s pairwise formula)."""
+    if len(moments) == 1:
+        return moments[0][1], moments[0][2]
+    total = sum(count for count, _, _ in moments)
+    mean = sum(count * chunk_mean for count, chunk_mean, _ in moments) / total
+    var = sum(count * (v + (m - mean).square()) for count, m, v in moments) / total
+    return mean, var
+
+
+def _conv_first_derivative(
+    grad: torch.Tensor,
+    images: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    pooled: torch.Tensor,
+    kernel_size: int,
+    padding: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`conv_pooled_task_batch_norm` with respect to the filters, the
+    convolution's bias, the scale and the shift, given ``grad`` with respect to its output.
+
+    The scale's and the shift's come from the kept pooled values; the convolution is
+    computed again a chunk of images at a time, each chunk's output overwritten by its own
+    gradient (:func:`_gradient_into`) and turned into the filters' gradient right away."""
+    grad_bias = grad.sum(dim=(0, 2, 3))
+    grad_weight = (grad * (pooled - _per_channel(mean, pooled))).sum(dim=(0, 2, 3)) * invstd
+    height = images.shape[2] + 2 * padding - conv_weight.shape[2] + 1
+    width = images.shape[3] + 2 * padding - conv_weight.shape[3] + 1
+    count = images.shape[0] * height * width
+    scale, a, b = _affine_terms(count, weight, mean, invstd, grad_weight, grad_bias)
+    pooled_grad = grad * _per_channel(scale, grad)
+    direction = _direction(weight, images)
+    has_bias = conv_bias is not None
+    grad_conv_weight = grad_conv_bias = None
+    for part in _image_chunks(images, conv_weight.shape[0]):
+        x = F.conv2d(images[part], conv_weight, conv_bias, padding=padding)
+        indices = _window_positions(x, direction, kernel_size)
+        grad_x = _gradient_into(x, indices, pooled_grad[part], a, b)
+        del x, indices
+        filters, shifts = _filter_gradients(grad_x, images[part], conv_weight, has_bias, padding)
+        del grad_x
+        if grad_conv_weight is None:
+            grad_conv_weight, grad_conv_bias = filters, shifts
+        else:
+            grad_conv_weight.add_(filters)
+            if has_bias:
+                grad_conv_bias.add_(shifts)
+    return grad_conv_weight, grad_conv_bias, grad_weight, grad_bias
+
+
 class _ConvPooledTaskBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(images, conv_weight, conv_bias, weight, bias, eps, kernel_size, padding):
-        x = F.conv2d(images, conv_weight, conv_bias, padding=padding)
-        pooled, indices, mean, invstd = _pool_positions(x, weight, eps, kernel_size)
+        direction = _direction(weight, images)
+        window = [kernel_size, kernel_size]
+        moments, pooled = [], []
+        for part in _image_chunks(images, conv_weight.shape[0]):
+            x = F.conv2d(images[part], conv_weight, conv_bias, padding=padding)
+            mean, var = torch.ops.aten.batch_norm_update_stats(x, None, None, 0.0)
+            moments.append((x.numel() // x.shape[1], mean, var))
+            if direction is None:
+                pooled.append(torch.ops.aten.max_pool2d(x, window, window))
+            else:
+                pooled.append(_gather(x, _window_positions(x, direction, kernel_size)))
+            del x
+        pooled = pooled[0] if len(pooled) == 1 else torch.cat(pooled)
+        mean, var = _combined_moments(moments)
+        invstd = torch.rsqrt(var + eps)
         scale = weight * invstd
         shift = _per_channel(bias - mean * scale, pooled)
-        out = torch.addcmul(shift, pooled, _per_channel(scale, pooled), out=pooled)
-        return out, indices, mean, invstd, x
+        return torch.addcmul(shift, pooled, _per_channel(scale, pooled)), mean, invstd, pooled
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        images, conv_weight, conv_bias, weight, _, eps, _, padding = inputs
-        _, indices, mean, invstd, x = output
-        ctx.mark_non_differentiable(indices, mean, invstd, x)
-        ctx.save_for_backward(images, conv_weight, conv_bias, weight, indices, mean, invstd)
-        ctx.eps, ctx.padding = eps, padding
-        ctx.convolved = x  # private to this function: its first backward overwrites it
+        images, conv_weight, conv_bias, weight, _, eps, kernel_size, padding = inputs
+        _, mean, invstd, pooled = output
+        ctx.mark_non_differentiable(mean, invstd, pooled)
+        ctx.save_for_backward(images, conv_weight, conv_bias, weight, mean, invstd, pooled)
+        ctx.eps, ctx.kernel_size, ctx.padding = eps, kernel_size, padding
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx: Any, grad, *_):
         if grad is None:
             return (None,) * 8
-        images, conv_weight, conv_bias, weight, indices, mean, invstd = ctx.saved_tensors
-        x, ctx.convolved = ctx.convolved, None
+        saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # a higher derivative is recorded
-            del x
-            grad_conv_weight, grad_conv_bias, grad_weight, grad_bias = (
-                _ConvPooledTaskBatchNormBackward.apply(
-                    grad,
-                    images,
-                    conv_weight,
-                    conv_bias,
-                    weight,
-                    indices,
-                    mean,
-                    invstd,
-                    ctx.eps,
-                    ctx.padding,
-                )
+            grads = _ConvPooledTaskBatchNormBackward.apply(
+                grad, *saved, ctx.eps, ctx.kernel_size, ctx.padding
             )
         else:
-            if x is None:  # a second backward pass over a retained graph
-                x = F.conv2d(images, conv_weight, conv_bias, padding=ctx.padding)
-            grad_x, grad_weight, grad_bias = _first_derivative_into(
-                grad, x, weight, indices, mean, invstd
-            )
-            del x
-            grad_conv_weight, grad_conv_bias = _filter_gradients(
-                grad_x, images, conv_weight, conv_bias is not None, ctx.padding
-            )
-        return None, grad_conv_weight, grad_conv_bias, grad_weight, grad_bias, None, None, None
+            grads = _conv_first_derivative(grad, *saved, ctx.kernel_size, ctx.padding)
+        return None, *grads, None, None, None
 
 
 class _ConvPooledTaskBatchNormBackward(torch.autograd.Function):
@@ -445,9 +532,9 @@ class _ConvPooledTaskBatchNormBackward(torch.autograd.Function):
     derivative, which recomputes the convolution.
 
     Recorded by the inner loop, whose gradient the outer pass differentiates: the
-    convolution's output and the gradient with respect to it (each the first block's full
-    size) are not kept from the one pass to the other, only the pooled-size gradient coming
-    in. The filters' gradient is linear in the gradient ``grad_x`` with respect to the
+    convolution's output, its pooling positions and the gradient with respect to it (each
+    the first block's full size or more) are not kept from the one pass to the other. The
+    filters' gradient is linear in the gradient ``grad_x`` with respect to the
     convolution's output, so the gradient of a loss with respect to ``grad_x`` is the
     convolution of the images with the loss's gradient ``u`` with respect to the filters'
     gradient; that ``u`` goes through :func:`_second_derivative`, and the gradient with
@@ -455,40 +542,48 @@ class _ConvPooledTaskBatchNormBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(grad, images, conv_weight, conv_bias, weight, indices, mean, invstd, eps, padding):
-        x = F.conv2d(images, conv_weight, conv_bias, padding=padding)
-        grad_x, grad_weight, grad_bias = _first_derivative_into(
-            grad, x, weight, indices, mean, invstd
+    def forward(
+        grad,
+        images,
+        conv_weight,
+        conv_bias,
+        weight,
+        mean,
+        invstd,
+        pooled,
+        eps,
+        kernel_size,
+        padding,
+    ):
+        return _conv_first_derivative(
+            grad, images, conv_weight, conv_bias, weight, mean, invstd, pooled, kernel_size, padding
         )
-        grad_conv_weight, grad_conv_bias = _filter_gradients(
-            grad_x, images, conv_weight, conv_bias is not None, padding
-        )
-        return grad_conv_weight, grad_conv_bias, grad_weight, grad_bias
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        grad, images, conv_weight, conv_bias, weight, indices, mean, invstd, eps, padding = inputs
-        ctx.save_for_backward(grad, images, conv_weight, conv_bias, weight, indices, mean, invstd)
-        ctx.eps, ctx.padding = eps, padding
+        *tensors, eps, kernel_size, padding = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.eps, ctx.kernel_size, ctx.padding = eps, kernel_size, padding
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx: Any, grad_conv_weight_in, grad_conv_bias_in, p, q):
-        g, images, conv_weight, conv_bias, w, indices, mean, invstd = ctx.saved_tensors
-        x = F.conv2d(images, conv_weight, conv_bias, padding=ctx.padding)
+        g, images, conv_weight, conv_bias, w, mean, invstd, pooled = ctx.saved_tensors
+        x = _convolved(images, conv_weight, conv_bias, ctx.padding)
+        indices = _window_positions(x.detach(), _direction(w, x), ctx.kernel_size)
         u = None
         if grad_conv_weight_in is not None or grad_conv_bias_in is not None:
             if grad_conv_weight_in is None:
                 grad_conv_weight_in = torch.zeros_like(conv_weight)
             u = F.conv2d(images, grad_conv_weight_in, grad_conv_bias_in, padding=ctx.padding)
         grad_g, grad_x, grad_w = _second_derivative(
-            g, x, w, indices, mean, invstd, None, ctx.eps, u, p, q
+            g, x, w, indices, mean, invstd, pooled, ctx.eps, u, p, q
         )
-        del x, u
+        del x, u, indices
         grad_conv_weight, grad_conv_bias = _filter_gradients(
             grad_x, images, conv_weight, conv_bias is not None, ctx.padding
         )
-        return grad_g, None, grad_conv_weight, grad_conv_bias, grad_w, None, None, None, None, None
+        return grad_g, None, grad_conv_weight, grad_conv_bias, grad_w, *(None,) * 6
 
 
 def _filter_gradients(
