@@ -243,14 +243,24 @@ def test_under_vmap_each_task_uses_its_own_statistics():
     torch.testing.assert_close(batched, torch.stack([norm(x[0]), norm(x[1])]))
 
 
-def test_conv4_takes_the_fused_path_only_eagerly_outside_vmap():
+def test_conv4_takes_the_fused_path_only_under_plain_autograd():
     seen = []
     vmap(lambda x: (seen.append(one_task_eager()), x)[1])(torch.zeros(2))
-    assert one_task_eager() and seen == [False]
+    torch.func.grad(lambda x: (seen.append(one_task_eager()), x.sum())[1])(torch.zeros(2))
+    assert one_task_eager() and seen == [False, False]
     torch.manual_seed(0)
     model = dm.models.Conv4(1, 3, hidden=4, image_size=16).double()
     x = torch.randn(5, 1, 16, 16, dtype=torch.float64)
     eager = model(x)
     torch.testing.assert_close(vmap(model)(x[None])[0], eager)
+    params = dict(model.named_parameters())
+    expected = torch.autograd.grad(eager.sin().sum(), list(params.values()))
+
+    def loss(params):
+        return torch.func.functional_call(model, params, (x,)).sin().sum()
+
+    transformed = torch.func.grad(loss)(params)
+    for name, gradient in zip(params, expected, strict=True):
+        torch.testing.assert_close(transformed[name], gradient)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), eager)

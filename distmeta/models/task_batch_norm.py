@@ -3,7 +3,8 @@
 MAML differentiates through the inner loop's gradient, so batch norm is differentiated twice.
 Two formulations, both exact, are chosen by how the model is being run:
 
-- Under ``torch.func.vmap`` (all tasks at once) or ``torch.compile``: :class:`TaskBatchNorm2d`
+- Under ``torch.func`` transforms (``vmap``: all tasks at once) or ``torch.compile``:
+  :class:`TaskBatchNorm2d`
   with plain mean/var operations, so that each task reduces over its own samples whatever
   the batching rules do (the native kernel under ``vmap(grad(grad))`` is reported to give a
   wrong second-order meta-gradient in torch 2.13), and the compiler can fuse them.
@@ -41,14 +42,12 @@ __all__ = [
 
 
 def one_task_eager() -> bool:
-    """Whether the caller runs eagerly and outside ``torch.func.vmap``: one task at a time,
-    where fused kernels are exact and fastest. Under ``torch.compile`` (which distmeta applies
-    to the vectorised batch) plain operations are what the compiler fuses."""
-    if torch.compiler.is_compiling():
-        return False
-    stack = torch._C._functorch.get_interpreter_stack()
-    vmap = torch._C._functorch.TransformType.Vmap
-    return stack is None or all(level.key() != vmap for level in stack)
+    """Whether the caller runs eagerly under plain autograd, outside any ``torch.func``
+    transform (``vmap``, ``grad``, ...) and ``torch.compile``: one task at a time, where the
+    fused autograd functions (exact, fastest, and written for plain autograd only) run.
+    Under ``torch.compile`` (which distmeta applies to the vectorised batch) plain
+    operations are what the compiler fuses."""
+    return not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
 
 
 class TaskBatchNorm2d(nn.Module):
@@ -108,7 +107,7 @@ def pooled_task_batch_norm(
     Returns:
         ``[n, c, h // kernel_size, w // kernel_size]``.
     """
-    return _PooledTaskBatchNorm.apply(x, weight, bias, eps, kernel_size)[0]
+    return _PooledTaskBatchNorm.apply(x, weight, bias, eps, kernel_size)
 
 
 def conv_pooled_task_batch_norm(
@@ -150,7 +149,7 @@ def conv_pooled_task_batch_norm(
     """
     return _ConvPooledTaskBatchNorm.apply(
         images, conv_weight, conv_bias, weight, bias, eps, kernel_size, padding
-    )[0]
+    )
 
 
 def _per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -263,23 +262,17 @@ def _gradient_into(
 
 class _PooledTaskBatchNorm(torch.autograd.Function):
     @staticmethod
-    def forward(x, weight, bias, eps, kernel_size):
+    def forward(ctx: Any, x, weight, bias, eps, kernel_size):
         pooled, indices, mean, invstd = _pool_positions(x, weight, eps, kernel_size)
-        scale = weight * invstd
-        shift = _per_channel(bias - mean * scale, x)
-        return torch.addcmul(shift, pooled, _per_channel(scale, x)), indices, mean, invstd, pooled
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        x, weight, _, eps, _ = inputs
-        _, indices, mean, invstd, pooled = output
-        ctx.mark_non_differentiable(indices, mean, invstd, pooled)
         ctx.save_for_backward(x, weight, indices, mean, invstd, pooled)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
+        scale = weight * invstd
+        shift = _per_channel(bias - mean * scale, x)
+        return torch.addcmul(shift, pooled, _per_channel(scale, x))
 
     @staticmethod
-    def backward(ctx: Any, grad, *_):
+    def backward(ctx: Any, grad):
         if grad is None:
             return None, None, None, None, None
         x, weight, indices, mean, invstd, pooled = ctx.saved_tensors
@@ -311,15 +304,11 @@ class _PooledTaskBatchNormBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(grad, x, weight, indices, mean, invstd, pooled, eps):
-        return _first_derivative(grad, x, weight, indices, mean, invstd, pooled)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        grad, x, weight, indices, mean, invstd, pooled, eps = inputs
+    def forward(ctx: Any, grad, x, weight, indices, mean, invstd, pooled, eps):
         ctx.save_for_backward(grad, x, weight, indices, mean, invstd, pooled)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
+        return _first_derivative(grad, x, weight, indices, mean, invstd, pooled)
 
     @staticmethod
     def backward(ctx: Any, u, p, q):
@@ -484,7 +473,7 @@ def _conv_first_derivative(
 
 class _ConvPooledTaskBatchNorm(torch.autograd.Function):
     @staticmethod
-    def forward(images, conv_weight, conv_bias, weight, bias, eps, kernel_size, padding):
+    def forward(ctx: Any, images, conv_weight, conv_bias, weight, bias, eps, kernel_size, padding):
         direction = _direction(weight, images)
         window = [kernel_size, kernel_size]
         moments, pooled = [], []
@@ -500,21 +489,15 @@ class _ConvPooledTaskBatchNorm(torch.autograd.Function):
         pooled = pooled[0] if len(pooled) == 1 else torch.cat(pooled)
         mean, var = _combined_moments(moments)
         invstd = torch.rsqrt(var + eps)
-        scale = weight * invstd
-        shift = _per_channel(bias - mean * scale, pooled)
-        return torch.addcmul(shift, pooled, _per_channel(scale, pooled)), mean, invstd, pooled
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        images, conv_weight, conv_bias, weight, _, eps, kernel_size, padding = inputs
-        _, mean, invstd, pooled = output
-        ctx.mark_non_differentiable(mean, invstd, pooled)
         ctx.save_for_backward(images, conv_weight, conv_bias, weight, mean, invstd, pooled)
         ctx.eps, ctx.kernel_size, ctx.padding = eps, kernel_size, padding
         ctx.set_materialize_grads(False)
+        scale = weight * invstd
+        shift = _per_channel(bias - mean * scale, pooled)
+        return torch.addcmul(shift, pooled, _per_channel(scale, pooled))
 
     @staticmethod
-    def backward(ctx: Any, grad, *_):
+    def backward(ctx: Any, grad):
         if grad is None:
             return (None,) * 8
         saved = ctx.saved_tensors
@@ -543,6 +526,7 @@ class _ConvPooledTaskBatchNormBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(
+        ctx: Any,
         grad,
         images,
         conv_weight,
@@ -555,16 +539,11 @@ class _ConvPooledTaskBatchNormBackward(torch.autograd.Function):
         kernel_size,
         padding,
     ):
-        return _conv_first_derivative(
-            grad, images, conv_weight, conv_bias, weight, mean, invstd, pooled, kernel_size, padding
-        )
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        *tensors, eps, kernel_size, padding = inputs
+        tensors = (grad, images, conv_weight, conv_bias, weight, mean, invstd, pooled)
         ctx.save_for_backward(*tensors)
         ctx.eps, ctx.kernel_size, ctx.padding = eps, kernel_size, padding
         ctx.set_materialize_grads(False)
+        return _conv_first_derivative(*tensors, kernel_size, padding)
 
     @staticmethod
     def backward(ctx: Any, grad_conv_weight_in, grad_conv_bias_in, p, q):
