@@ -52,7 +52,9 @@ class SGDRule:
         return None
 
     def step(self, meta: Params, fast: Params, grads: Params, state: None) -> tuple[Params, None]:
-        return {name: fast[name] - self.lr * grads[name] for name in fast}, None
+        # One operation per parameter (and one in each derivative), not a scaling then a
+        # subtraction: the inner loop's steps are many small operations.
+        return {name: torch.add(fast[name], grads[name], alpha=-self.lr) for name in fast}, None
 
 
 class MetaSGDRule:
