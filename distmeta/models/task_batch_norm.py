@@ -366,10 +366,11 @@ def _second_derivative(
     xh_coef = -r * hxh_mean - r * r * w * S / count
     grad_x = torch.ops.aten.max_unpool2d(g * _per_channel(r * c1, x), indices, list(x.shape[-2:]))
     shift = -r * h_mean - mean * r * xh_coef
-    grad_x = grad_x + torch.addcmul(_per_channel(shift, x), x, _per_channel(r * xh_coef, x))
+    # In place: neither max_unpool2d's nor addcmul's derivative needs the tensor updated.
+    grad_x.addcmul_(x, _per_channel(r * xh_coef, x)).add_(_per_channel(shift, x))
     if u is not None:
-        grad_g = grad_g + _per_channel(s, x) * u_pooled
-        grad_x = grad_x + _per_channel(r * c2, x) * u
+        grad_g.addcmul_(u_pooled, _per_channel(s, x))
+        grad_x.addcmul_(u, _per_channel(r * c2, x))
     return grad_g, grad_x, r * S
 
 
