@@ -137,6 +137,16 @@ def test_conv_fused_path_passes_gradcheck_and_gradgradcheck(channels_last, size,
     assert torch.autograd.gradgradcheck(_conv_fused(images), params)
 
 
+def test_conv_fused_path_without_a_conv_bias_passes_gradgradcheck(images_per_chunk):
+    images, (conv_weight, _, weight, bias) = _conv_inputs(weight=(1.5, -0.7, 0.4, 0.3))
+
+    def norm(cw, w, b):
+        return conv_pooled_task_batch_norm(images, cw, None, w, b, 1e-5, 2, 1)
+
+    assert torch.autograd.gradcheck(norm, (conv_weight, weight, bias))
+    assert torch.autograd.gradgradcheck(norm, (conv_weight, weight, bias))
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_conv_fused_path_equals_the_convolution_then_the_fused_path(
     channels_last, images_per_chunk

@@ -4,10 +4,10 @@ MAML differentiates through the inner loop's gradient, so batch norm is differen
 Two formulations, both exact, are chosen by how the model is being run:
 
 - Under ``torch.func`` transforms (``vmap``: all tasks at once) or ``torch.compile``:
-  :class:`TaskBatchNorm2d`
-  with plain mean/var operations, so that each task reduces over its own samples whatever
-  the batching rules do (the native kernel under ``vmap(grad(grad))`` is reported to give a
-  wrong second-order meta-gradient in torch 2.13), and the compiler can fuse them.
+  :class:`TaskBatchNorm2d` with plain mean/var operations, so that each task reduces over
+  its own samples whatever the batching rules do (the native kernel under
+  ``vmap(grad(grad))`` is reported to give a wrong second-order meta-gradient in torch
+  2.13), and the compiler can fuse them.
 - Eagerly, one task at a time: :func:`pooled_task_batch_norm`, batch norm and the 2x2
   max-pooling after it as one autograd function with a hand-written second derivative. On
   the Omniglot Conv4 the first block's activations (75 queries x 64 x 28 x 28, 15 MB) make
