@@ -28,10 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from omniglot_maml_speed import INNER_LR, META_BATCH, _data, _sequential_conv4
+from omniglot_maml_speed import INNER_LR, META_BATCH, _data, _sequential_conv4, task_flops
 
 import distmeta as dm
 
@@ -140,25 +139,7 @@ def _machine(steps: list[int], device: torch.device) -> dict:
         a @ b
         _sync(device)
         rates.append(2 * size**3 / (time.perf_counter() - started) / 1e9)
-    model = _sequential_conv4(torch)
-    names = [name for name, _ in model.named_parameters()]
-    sx, sy, qx, qy = (t[0] for t in _data(torch))
-
-    def forward(params, x):
-        return torch.func.functional_call(model, dict(zip(names, params, strict=True)), (x,))
-
-    flops = {}
-    for k in steps:
-        with FlopCounterMode(display=False) as counter:
-            meta = list(model.parameters())
-            fast = meta
-            for _ in range(k):
-                loss = F.cross_entropy(forward(fast, sx), sy)
-                grads = torch.autograd.grad(loss, fast, create_graph=True)
-                fast = [p - INNER_LR * g for p, g in zip(fast, grads, strict=True)]
-            torch.autograd.grad(F.cross_entropy(forward(fast, qx), qy), meta)
-        flops[k] = counter.get_total_flops()
-    return {"matmul_gflops": statistics.median(rates), "task_flops": flops}
+    return {"matmul_gflops": statistics.median(rates), "task_flops": task_flops(steps)}
 
 
 def main() -> None:

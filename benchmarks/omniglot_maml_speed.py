@@ -223,8 +223,6 @@ def _measure(name: str, k: int, batches: int, threads: int) -> dict:
 def _machine(steps: list[int], threads: int) -> dict:
     """fp32 matrix-product peak with ``threads`` threads, and FLOPs of one task."""
     import torch
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(threads)
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
@@ -234,6 +232,17 @@ def _machine(steps: list[int], threads: int) -> dict:
         started = time.perf_counter()
         a @ b
         rates.append(2 * 4096**3 / (time.perf_counter() - started) / 1e9)
+    flops = {str(k): count for k, count in task_flops(steps).items()}
+    return {"matmul_gflops": statistics.median(rates), "task_flops": flops}
+
+
+def task_flops(steps: list[int]) -> dict[int, int]:
+    """Convolution and matrix-product FLOPs of one task's second-order meta-gradient (plain
+    autograd on the baselines' network), for each number of inner steps."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
     model = _sequential_conv4(torch)
     names = [name for name, _ in model.named_parameters()]
     sx, sy, qx, qy = (t[0] for t in _data(torch))
@@ -251,8 +260,8 @@ def _machine(steps: list[int], threads: int) -> dict:
                 grads = torch.autograd.grad(loss, fast, create_graph=True)
                 fast = [p - INNER_LR * g for p, g in zip(fast, grads, strict=True)]
             torch.autograd.grad(F.cross_entropy(forward(fast, qx), qy), meta)
-        flops[str(k)] = counter.get_total_flops()
-    return {"matmul_gflops": statistics.median(rates), "task_flops": flops}
+        flops[k] = counter.get_total_flops()
+    return flops
 
 
 # --- the driver ----------------------------------------------------------------------------

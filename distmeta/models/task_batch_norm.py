@@ -204,6 +204,19 @@ def _pool_positions(
     return pooled, indices, mean, invstd
 
 
+def _normalised(
+    pooled: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+) -> torch.Tensor:
+    """Batch norm of the pooled values ``s (pooled - mean) + bias``, ``s = weight invstd``."""
+    scale = weight * invstd
+    shift = _per_channel(bias - mean * scale, pooled)
+    return torch.addcmul(shift, pooled, _per_channel(scale, pooled))
+
+
 def _affine_terms(
     count: int,
     weight: torch.Tensor,
@@ -267,9 +280,7 @@ class _PooledTaskBatchNorm(torch.autograd.Function):
         ctx.save_for_backward(x, weight, indices, mean, invstd, pooled)
         ctx.eps = eps
         ctx.set_materialize_grads(False)
-        scale = weight * invstd
-        shift = _per_channel(bias - mean * scale, x)
-        return torch.addcmul(shift, pooled, _per_channel(scale, x))
+        return _normalised(pooled, weight, bias, mean, invstd)
 
     @staticmethod
     def backward(ctx: Any, grad):
@@ -499,9 +510,7 @@ class _ConvPooledTaskBatchNorm(torch.autograd.Function):
         ctx.save_for_backward(images, conv_weight, conv_bias, weight, mean, invstd, pooled)
         ctx.eps, ctx.kernel_size, ctx.padding = eps, kernel_size, padding
         ctx.set_materialize_grads(False)
-        scale = weight * invstd
-        shift = _per_channel(bias - mean * scale, pooled)
-        return torch.addcmul(shift, pooled, _per_channel(scale, pooled))
+        return _normalised(pooled, weight, bias, mean, invstd)
 
     @staticmethod
     def backward(ctx: Any, grad):
