@@ -30,7 +30,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from omniglot_maml_speed import INNER_LR, META_BATCH, _data, _sequential_conv4, task_flops
+from omniglot_maml_speed import (
+    INNER_LR,
+    META_BATCH,
+    _data,
+    _sequential_conv4,
+    functional_forward,
+    plain_meta_gradient,
+    task_flops,
+)
 
 import distmeta as dm
 
@@ -51,23 +59,14 @@ def _sync(device: torch.device) -> None:
 
 def _plain_loop(k: int, data, device: torch.device) -> Callable[[], None]:
     model = _sequential_conv4(torch).to(device)
-    names = [name for name, _ in model.named_parameters()]
+    forward = functional_forward(model)
     meta = [p.detach().clone().requires_grad_() for p in model.parameters()]
-    sx, sy, qx, qy = data
-
-    def forward(params, x):
-        return torch.func.functional_call(model, dict(zip(names, params, strict=True)), (x,))
 
     def step():
         total = [torch.zeros_like(p) for p in meta]
         for i in range(META_BATCH):
-            fast = meta
-            for _ in range(k):
-                loss = F.cross_entropy(forward(fast, sx[i]), sy[i])
-                grads = torch.autograd.grad(loss, fast, create_graph=True)
-                fast = [p - INNER_LR * g for p, g in zip(fast, grads, strict=True)]
-            loss = F.cross_entropy(forward(fast, qx[i]), qy[i])
-            for t, g in zip(total, torch.autograd.grad(loss, meta), strict=True):
+            grads = plain_meta_gradient(forward, meta, k, *(t[i] for t in data))
+            for t, g in zip(total, grads, strict=True):
                 t.add_(g, alpha=1 / META_BATCH)
 
     return step

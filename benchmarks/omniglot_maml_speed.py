@@ -240,28 +240,44 @@ def task_flops(steps: list[int]) -> dict[int, int]:
     """Convolution and matrix-product FLOPs of one task's second-order meta-gradient (plain
     autograd on the baselines' network), for each number of inner steps."""
     import torch
-    import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
     model = _sequential_conv4(torch)
+    forward = functional_forward(model)
+    task = [t[0] for t in _data(torch)]
+    flops = {}
+    for k in steps:
+        with FlopCounterMode(display=False) as counter:
+            plain_meta_gradient(forward, list(model.parameters()), k, *task)
+        flops[k] = counter.get_total_flops()
+    return flops
+
+
+def functional_forward(model) -> Callable:
+    """``forward(params, x)``: ``model`` called with a list of tensors as its parameters."""
+    import torch
+
     names = [name for name, _ in model.named_parameters()]
-    sx, sy, qx, qy = (t[0] for t in _data(torch))
 
     def forward(params, x):
         return torch.func.functional_call(model, dict(zip(names, params, strict=True)), (x,))
 
-    flops = {}
-    for k in steps:
-        with FlopCounterMode(display=False) as counter:
-            meta = list(model.parameters())
-            fast = meta
-            for _ in range(k):
-                loss = F.cross_entropy(forward(fast, sx), sy)
-                grads = torch.autograd.grad(loss, fast, create_graph=True)
-                fast = [p - INNER_LR * g for p, g in zip(fast, grads, strict=True)]
-            torch.autograd.grad(F.cross_entropy(forward(fast, qx), qy), meta)
-        flops[k] = counter.get_total_flops()
-    return flops
+    return forward
+
+
+def plain_meta_gradient(forward: Callable, meta: list, k: int, sx, sy, qx, qy) -> tuple:
+    """One task's second-order MAML meta-gradient with plain autograd: ``k`` SGD steps on
+    the support set recorded with ``create_graph=True``, then the query loss's gradient with
+    respect to ``meta``."""
+    import torch
+    import torch.nn.functional as F
+
+    fast = meta
+    for _ in range(k):
+        loss = F.cross_entropy(forward(fast, sx), sy)
+        grads = torch.autograd.grad(loss, fast, create_graph=True)
+        fast = [p - INNER_LR * g for p, g in zip(fast, grads, strict=True)]
+    return torch.autograd.grad(F.cross_entropy(forward(fast, qx), qy), meta)
 
 
 # --- the driver ----------------------------------------------------------------------------
