@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from omniglot_maml_speed import (
-    INNER_LR,
     META_BATCH,
     _data,
+    _distmeta,
     _sequential_conv4,
     functional_forward,
     plain_meta_gradient,
@@ -72,24 +72,11 @@ def _plain_loop(k: int, data, device: torch.device) -> Callable[[], None]:
     return step
 
 
-def _distmeta(k: int, data, device: torch.device, **options) -> Callable[[], None]:
-    torch.manual_seed(0)
-    model = dm.models.Conv4(1, 5, 64, 28).to(device)
-    algorithm = dm.algorithms.MAML(model, F.cross_entropy, INNER_LR, k, **options)
-    params = algorithm.init_params()
-    batch = dm.tasks.TaskBatch(*data)
-
-    def step():
-        algorithm.meta_gradient(params, batch)
-
-    return step
-
-
 def _measure(name: str, k: int, batches: int, data, device: torch.device) -> dict:
     if name == "plain-loop":
         step = _plain_loop(k, data, device)
     else:
-        step = _distmeta(k, data, device, **CANDIDATES[name])
+        step = _distmeta(torch, F, k, data, device, **CANDIDATES[name])
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

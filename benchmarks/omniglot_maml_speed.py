@@ -177,11 +177,12 @@ def _torchopt(torch, F, k: int, data) -> Callable[[], None]:
     return step
 
 
-def _distmeta(torch, F, k: int, data, **options) -> Callable[[], None]:
+def _distmeta(torch, F, k: int, data, device: str = "cpu", **options) -> Callable[[], None]:
+    """One meta-batch's meta-gradient by distmeta's MAML (``data`` already on ``device``)."""
     import distmeta as dm
 
     torch.manual_seed(0)
-    model = dm.models.Conv4(1, WAYS, 64, IMAGE)
+    model = dm.models.Conv4(1, WAYS, 64, IMAGE).to(device)
     algorithm = dm.algorithms.MAML(model, F.cross_entropy, INNER_LR, k, **options)
     params = algorithm.init_params()
     batch = dm.tasks.TaskBatch(*data)
