@@ -31,7 +31,7 @@ from pathlib import Path
 
 import distmeta as dm
 from distmeta.config import apply_overrides, parse_config, read_yaml
-from distmeta.engine.experiment import build_task_source
+from distmeta.experiment import build_task_source
 from distmeta.tracking import export_model
 from distmeta.tracking.pyfunc import input_example
 

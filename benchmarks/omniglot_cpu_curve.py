@@ -22,11 +22,8 @@ from pathlib import Path
 
 import torch
 
-from distmeta.config import apply_overrides, parse_config
-from distmeta.engine import evaluate
-from distmeta.engine.experiment import build_experiment
-from distmeta.engine.run import Run
 from distmeta.engine.rundir import FINAL_FILE, RunDir
+from distmeta.runs import evaluate, load_run
 
 
 def wall_times(run_dir: Path) -> dict[int, float]:
@@ -37,15 +34,6 @@ def wall_times(run_dir: Path) -> dict[int, float]:
         if "time" in record:
             times[int(record["step"])] = float(record["time"])
     return times
-
-
-def checkpoint_params(learner: dict) -> dict[str, torch.Tensor]:
-    """The meta-parameters in a checkpoint's learner state (a flat buffer and its layout)."""
-    names, shapes = learner["layout"]["names"], learner["layout"]["shapes"]
-    sizes = [int(torch.Size(shape).numel()) for shape in shapes]
-    pieces = learner["theta"].split(sizes)
-    pairs = zip(names, pieces, shapes, strict=True)
-    return {name: piece.view(shape) for name, piece, shape in pairs}
 
 
 def main() -> None:
@@ -67,20 +55,15 @@ def main() -> None:
 
     torch.set_num_threads(2)
     folder = RunDir(args.run_dir)
-    config = parse_config(apply_overrides(folder.read_config(), args.overrides))
-    experiment = build_experiment(config, torch.device("cpu"))
     times = wall_times(args.run_dir)
-    checkpoints = [(step, None) for step in folder.checkpoint_steps()[:: args.every]]
+    checkpoints: list[int | None] = list(folder.checkpoint_steps()[:: args.every])
     if folder.exists(FINAL_FILE):
-        final = folder.load_final()
-        checkpoints.append((int(final["step"]), final["params"]))
+        checkpoints.append(None)  # the final parameters
     rows = []
     print(f"{'step':>6} {'wall s':>8} {'loss':>7} {'accuracy':>9} {'ci95':>6}", flush=True)
-    for step, params in checkpoints:
-        if params is None:
-            learner = folder.load_state(folder.checkpoint_name(step))["engine"]["learner"]
-            params = checkpoint_params(learner)
-        run = Run(folder.uri, config, experiment.model, params, experiment.algorithm, step)
+    for checkpoint in checkpoints:
+        run = load_run(args.run_dir, args.overrides, step=checkpoint)
+        step = run.step
         result = evaluate(run, tasks=args.tasks, seed=args.seed)
         row = {
             "step": step,

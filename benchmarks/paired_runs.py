@@ -12,7 +12,7 @@ import argparse
 import math
 
 import distmeta as dm
-from distmeta.engine.evaluate import adaptation_curves
+from distmeta.runs import adaptation_curves
 
 
 def interval(values) -> tuple[float, float]:

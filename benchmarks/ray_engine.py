@@ -7,8 +7,8 @@
               alternated (1, 2, 1, 2 ...); parallel efficiency = tps(2) / (2 tps(1)). Target >= 85%.
 ``small``     The sinusoid paper config (70,000 steps of a 40-40 MLP): wall time of the local
               engine and of the ray engine with 2 workers, its sync steps as ordinary actor
-              calls (``engine.transport=tasks``), a compiled graph (``compiled``) and over a
-              gloo group (``collective``). Target: ray <= 2x local.
+              calls (``engine.transport=tasks``) and over a gloo group (``collective``).
+              Target: ray <= 2x local.
 ``latency``   The same config: wall time per sync step of each of those after ``--warmup``
               steps (which include ``torch.compile``), with the slowest worker's compute:
               what the ``small`` target is made of.
@@ -35,16 +35,15 @@ import yaml
 
 import distmeta as dm
 from distmeta.config import apply_overrides, parse_config
+from distmeta.engine import build_engine
 from distmeta.engine.ray_engine import RayEngine
 from distmeta.engine.rundir import RunDir
-from distmeta.engine.trainer import build_engine
 
 REPO = Path(__file__).resolve().parents[1]
 _RAY = ["engine.name=ray", "engine.workers=2", "engine.worker_resources.num_cpus=1"]
 SINUSOID_ENGINES = {
     "local": ["engine.name=local"],
     "ray-tasks": [*_RAY, "engine.transport=tasks"],
-    "ray-compiled": [*_RAY, "engine.transport=compiled"],
     "ray-collective": [*_RAY, "engine.transport=collective"],
 }
 """What ``small`` and ``latency`` compare: overrides of configs/sinusoid_maml.yaml."""

@@ -40,7 +40,6 @@ import yaml
 
 import distmeta as dm
 from distmeta.config import apply_overrides, parse_config, read_yaml
-from distmeta.engine.experiment import build_experiment
 from distmeta.engine.rundir import MetricsLog, RunDir
 from distmeta.tune import checkpoint_metrics, run_search
 
@@ -116,12 +115,10 @@ def tuned(raw: dict, reports: int, val_tasks: int, root: Path):
 def validation_seconds(trial_run: str, val_tasks: int, repeats: int = 5) -> float:
     folder = RunDir(trial_run)
     step = folder.checkpoint_steps()[-1]
-    config = parse_config(folder.read_config())
-    experiment = build_experiment(config, torch.device("cpu"))
-    checkpoint_metrics(experiment, folder, step, val_tasks)  # warm-up
+    checkpoint_metrics(folder, step, val_tasks)  # warm-up
     started = time.perf_counter()
     for _ in range(repeats):
-        checkpoint_metrics(experiment, folder, step, val_tasks)
+        checkpoint_metrics(folder, step, val_tasks)
     return (time.perf_counter() - started) / repeats
 
 

@@ -1,5 +1,5 @@
-"""distmeta: exact meta-learning (MAML, first-order MAML, Reptile, Meta-SGD) from one process to
-a Ray cluster.
+"""distmeta: exact meta-learning (MAML, first-order MAML, Reptile; SGD or Meta-SGD inner rules)
+from one process to a Ray cluster.
 
 ``models``, ``algorithms`` and ``tasks`` load with the package; the engine, the config schema
 and the data tools (pydantic, pyarrow, rich, Pillow: about 40 MiB of resident memory) load on
@@ -23,20 +23,21 @@ from distmeta.errors import (
 )
 
 if TYPE_CHECKING:
-    from distmeta import data, engine
+    from distmeta import data, engine, runs
     from distmeta.config import ExperimentConfig, load_config
-    from distmeta.engine import evaluate, load_run, train
+    from distmeta.runs import evaluate, load_run, train
 
 __version__ = "0.1.0"
 
 _ON_FIRST_USE = {
     "data": ("distmeta.data", None),
     "engine": ("distmeta.engine", None),
+    "runs": ("distmeta.runs", None),
     "ExperimentConfig": ("distmeta.config", "ExperimentConfig"),
     "load_config": ("distmeta.config", "load_config"),
-    "evaluate": ("distmeta.engine", "evaluate"),
-    "load_run": ("distmeta.engine", "load_run"),
-    "train": ("distmeta.engine", "train"),
+    "evaluate": ("distmeta.runs", "evaluate"),
+    "load_run": ("distmeta.runs", "load_run"),
+    "train": ("distmeta.runs", "train"),
 }
 """Public names imported on first access: ``name: (module, attribute or None for the module)``."""
 
@@ -67,6 +68,7 @@ __all__ = [
     "load_config",
     "load_run",
     "models",
+    "runs",
     "tasks",
     "train",
 ]

@@ -19,8 +19,8 @@ from rich.text import Text
 
 from distmeta.config import load_config
 from distmeta.data import ImageSet, prepare_imagefolder, prepare_omniglot
-from distmeta.engine import Run, evaluate, load_run, train
 from distmeta.errors import DistmetaError
+from distmeta.runs import Run, evaluate, load_run, train
 
 __all__ = ["main"]
 
@@ -38,6 +38,24 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _RecordLines:
+    """Prints each logged record as one line on stderr: what ``--no-progress`` shows instead
+    of the bar (the logs of a Ray Job, a file)."""
+
+    def on_start(self, *args: object) -> None:
+        pass
+
+    def on_metrics(self, record: dict[str, float]) -> None:
+        values = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
+        _err.print(f"step {record['step']}: {values}", soft_wrap=True, highlight=False)
+
+    def on_checkpoint(self, *args: object) -> None:
+        pass
+
+    def on_end(self, *args: object) -> None:
+        pass
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     tracker = None
@@ -45,12 +63,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from distmeta.tracking import MLflowTracker  # MLflow loads only for tracked runs
 
         tracker = MLflowTracker(config, config_file=args.config)  # checks the store first
+    callbacks = [c for c in (tracker, _RecordLines() if args.no_progress else None) if c]
     with tracker or nullcontext():
         result = train(
             config,
             run_dir=args.run_dir,
             resume=args.resume,
-            callbacks=[tracker] if tracker else [],
+            callbacks=callbacks,
             progress=not args.no_progress,
         )
     shown = {k: v for k, v in result.metrics.items() if k not in ("step", "time", "tasks_per_s")}
@@ -134,15 +153,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not args.json:
         table = Table(title=f"{result.tasks} fresh tasks")
         table.add_column("steps", justify="right")
-        table.add_column("loss", justify="right")
+        table.add_column("loss (finite tasks)", justify="right")
+        table.add_column("median", justify="right")
         if result.accuracy is not None:
             table.add_column("accuracy", justify="right")
+        diverging = any(result.diverged)
+        if diverging:
+            table.add_column("diverged", justify="right")
         for i, step in enumerate(result.steps):
-            row = [str(step), f"{result.loss[i]:.4f} ± {result.loss_ci95[i]:.4f}"]
+            row = [
+                str(step),
+                f"{result.loss[i]:.4f} ± {result.loss_ci95[i]:.4f}",
+                f"{result.loss_median[i]:.4f}",
+            ]
             if result.accuracy is not None:
                 row.append(f"{100 * result.accuracy[i]:.2f}% ± {100 * result.accuracy_ci95[i]:.2f}")
+            if diverging:
+                row.append(str(result.diverged[i]))
             table.add_row(*row)
         Console().print(table)
+        if diverging:
+            _err.print(
+                f"[yellow]warning[/]: {max(result.diverged)} of {result.tasks} tasks diverged "
+                "(their loss is not finite); the means are over the others"
+            )
     else:
         print(json.dumps(result.to_dict()))
     return 0
@@ -279,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--run-dir", help="where the run's files go (path, s3:// or gs://)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="a line per logged record instead of a bar"
+    )
     p.set_defaults(handler=_cmd_train)
 
     p = commands.add_parser("eval", help="evaluate a run on fresh tasks")

@@ -21,6 +21,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -156,15 +157,26 @@ class OuterLRDecay(_Section):
 
 
 class AlgorithmConfig(_Section):
-    """The meta-learning algorithm and its inner and outer loops."""
+    """The meta-learning algorithm, its inner rule and its outer loop.
 
-    name: Literal["maml", "fomaml", "reptile", "metasgd"] = "maml"
+    The algorithm says how the meta-gradient is formed, the inner rule how a task adapts:
+    Meta-SGD is ``name: maml`` with ``inner_rule: metasgd``.
+    """
+
+    name: Literal["maml", "fomaml", "reptile"] = "maml"
+    """``maml`` (second order), ``fomaml`` (first order) or ``reptile``."""
+    inner_rule: Literal["sgd", "metasgd"] = "sgd"
+    """How a task's fast weights move: ``sgd`` (plain gradient descent at ``inner_lr``) or
+    ``metasgd`` (a learned rate per parameter element, meta-learned with the
+    initialisation)."""
     inner_lr: PositiveFloat = 0.01
-    """Step size of the inner loop (Meta-SGD: the initial value of its learned rates)."""
+    """Step size of the inner loop (``metasgd``: the initial value of its learned rates)."""
     inner_steps: PositiveInt = 1
     """Inner-loop steps per task during meta-training."""
     outer_lr: PositiveFloat = 0.001
+    """Learning rate of the outer optimizer."""
     outer_optimizer: Literal["adam", "sgd"] = "adam"
+    """The optimizer that applies the meta-gradient to the meta-parameters."""
     outer_lr_decay: OuterLRDecay | None = None
     """``None`` keeps ``outer_lr`` for the whole run."""
     zero_init: tuple[str, ...] = ()
@@ -180,6 +192,16 @@ class AlgorithmConfig(_Section):
     compile: bool = False
     """``torch.compile`` the vectorised batch: tens of seconds once per process, several times
     faster steps for small models on long runs."""
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _metasgd_is_a_rule(cls, name: Any) -> Any:
+        if name == "metasgd":
+            raise ValueError(
+                "metasgd is now an inner rule: write algorithm.name: maml and "
+                "algorithm.inner_rule: metasgd"
+            )
+        return name
 
 
 class TrainConfig(_Section):
@@ -240,17 +262,17 @@ class EngineConfig(_Section):
     """How workers' results reach the learner in sync mode: ``flat`` (the learner adds them
     all), ``tree`` (pairwise merges on the workers' nodes, the learner gets one), ``auto``
     (tree for many workers and large models; see BENCHMARKS.md). Exact either way."""
-    transport: Literal["auto", "collective", "compiled", "tasks"] = "auto"
+    transport: Literal["auto", "collective", "tasks"] = "auto"
     """How sync steps reach the actors: ``tasks`` (ordinary actor calls through the object
     store, a few milliseconds per step), ``collective`` (the learner runs chunks of steps
     over a torch.distributed gloo group with the workers: a fraction of a millisecond per
-    step), ``compiled`` (one Ray Compiled Graph per run; its driver polls for results),
-    ``auto`` (times the first 20 steps as actor calls and moves models up to 1M parameters
-    whose steps compute in under 50 ms to ``collective``). A failed collective or compiled
+    step), ``auto`` (times the first 20 steps as actor calls and moves models up to 1M
+    parameters whose steps compute in under 50 ms to ``collective``). A failed collective
     step hands the rest of the segment to actor calls."""
     step_timeout_s: PositiveFloat = 600.0
     """A step that waits longer than this for its workers fails the run with the workers'
-    health (e.g. no node left that can host them), instead of waiting forever."""
+    health (e.g. no node left that can host them), instead of waiting forever; workers that
+    do not start within it fail the run naming what the cluster has."""
 
 
 class TrackingConfig(_Section):
@@ -434,6 +456,15 @@ class ExperimentConfig(_Section):
             raise ValueError(f"eval.ways: {self.task.name} tasks have no classes")
         return self
 
+    @model_validator(mode="after")
+    def _eval_rate_of_plain_sgd(self) -> ExperimentConfig:
+        if self.eval.inner_lr is not None and self.algorithm.inner_rule != "sgd":
+            raise ValueError(
+                f"eval.inner_lr sets the rate of the sgd inner rule; the "
+                f"{self.algorithm.inner_rule} rule learns its own"
+            )
+        return self
+
 
 _UNION_FIELDS = {"task", "model"}
 
@@ -449,7 +480,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 def _format(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         lines.append(f"{_dotted(item['loc'])}: {message}")

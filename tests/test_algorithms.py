@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -17,7 +18,8 @@ from reference import (
 )
 
 import distmeta as dm
-from distmeta.algorithms.base import _TaskQueue, choose_task_threads
+from distmeta.algorithms import choose_task_threads
+from distmeta.algorithms.task_threads import _TaskQueue
 from distmeta.errors import TaskFailedError
 
 torch.set_default_dtype(torch.float32)
@@ -96,8 +98,9 @@ def test_reptile_direction_is_params_minus_mean_adapted(execution):
 @pytest.mark.parametrize("execution", ["loop", "vmap"])
 def test_metasgd_gradients_for_weights_and_learned_rates(execution):
     model, batch = _mlp(), _sinusoid_batch()
-    algo = dm.algorithms.MetaSGD(
-        model, F.mse_loss, inner_lr=0.05, inner_steps=2, execution=execution
+    rule = dm.algorithms.MetaSGDRule(0.05)
+    algo = dm.algorithms.MAML(
+        model, F.mse_loss, inner_rule=rule, inner_steps=2, execution=execution
     )
     params = algo.init_params()
     names = [n for n, _ in model.named_parameters()]
@@ -201,7 +204,8 @@ def test_zero_init_refuses_unknown_names_and_nonzero_values():
     with pytest.raises(TypeError, match="zero_init must be a sequence"):
         dm.algorithms.MAML(model, F.mse_loss, zero_init="layers.2.weight")
     last = [name for name, _ in model.named_parameters()][-2:]
-    algo = dm.algorithms.MetaSGD(model, F.mse_loss, zero_init=last)
+    rule = dm.algorithms.MetaSGDRule(0.01)
+    algo = dm.algorithms.MAML(model, F.mse_loss, inner_rule=rule, zero_init=last)
     params = algo.init_params()
     assert f"inner_lr.{last[0]}" in params and all(not params[name].any() for name in last)
     params[last[0]] = params[last[0]] + 1.0
@@ -303,14 +307,20 @@ def _conv4_batch(tasks=5, shots=2, queries=3):
     return model, batch
 
 
-@pytest.mark.parametrize("name", ["MAML", "MetaSGD", "Reptile"])
-def test_task_threads_give_the_one_at_a_time_result_bit_for_bit(name):
+@pytest.mark.parametrize("rule", [None, "metasgd"])
+@pytest.mark.parametrize("name", ["MAML", "Reptile"])
+def test_task_threads_give_the_one_at_a_time_result_bit_for_bit(name, rule):
     """Threads each take whole tasks with single-threaded operations, and the results are
     summed in task order: the serial loop with single-threaded operations, bit for bit."""
     model, batch = _conv4_batch()
-    make = getattr(dm.algorithms, name)
-    serial = make(model, F.cross_entropy, 0.3, 2, execution="loop", task_threads=1)
-    threaded = make(model, F.cross_entropy, 0.3, 2, execution="loop", task_threads=3)
+
+    def make(threads):
+        inner = {"inner_rule": dm.algorithms.MetaSGDRule(0.3)} if rule else {"inner_lr": 0.3}
+        return getattr(dm.algorithms, name)(
+            model, F.cross_entropy, inner_steps=2, execution="loop", task_threads=threads, **inner
+        )
+
+    serial, threaded = make(1), make(3)
     params = serial.init_params()
     previous = torch.get_num_threads()
     try:
@@ -427,3 +437,160 @@ def test_bad_constructor_arguments_are_refused_early():
         dm.algorithms.MAML(_mlp(), F.mse_loss, inner_lr=-1.0)
     with pytest.raises(ValueError, match="inner_steps"):
         dm.algorithms.Reptile(_mlp(), F.mse_loss, inner_steps=0)
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_reptile_with_learned_rates_moves_weights_by_reptile_and_rates_by_the_query_loss(
+    execution,
+):
+    """Reptile's direction for the weights; the rates, which have no Reptile direction, get
+    the gradient of the query loss through the inner loop (the one MAML gives them too)."""
+    model, batch = _mlp(), _sinusoid_batch()
+    rule = dm.algorithms.MetaSGDRule(0.05)
+    algo = dm.algorithms.Reptile(
+        model, F.mse_loss, inner_rule=rule, inner_steps=2, execution=execution
+    )
+    params = algo.init_params()
+    params = {
+        k: (v * (1 + 0.5 * torch.rand_like(v)) if k.startswith("inner_lr.") else v)
+        for k, v in params.items()
+    }
+    names = [n for n, _ in model.named_parameters()]
+    weights = {n: params[n] for n in names}
+    rates = {n: params[f"inner_lr.{n}"] for n in names}
+    g, _ = algo.meta_gradient(params, batch)
+    maml = metasgd_reference(mlp_forward, F.mse_loss, weights, rates, batch, 2)
+    learned = [name for name in maml if name.startswith("inner_lr.")]
+    _assert_close({k: g[k] for k in learned}, {k: maml[k] for k in learned})
+    adapted = []
+    for index in range(len(batch)):
+        sx, sy, _, _ = batch.task(index)
+        adapted.append(algo.adapt(params, sx, sy))
+    direction = {n: weights[n] - torch.stack([a[n] for a in adapted]).mean(0) for n in names}
+    _assert_close({n: g[n] for n in names}, direction)
+
+
+class _CopyWatchingMLP(dm.models.MLP):
+    """An MLP that records, for every deep copy of it, the thread that made it and whether a
+    ``functional_call`` (any forward) was running meanwhile."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.copies: list[tuple[int, bool]] = []
+        self.forwards = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        try:
+            return super().forward(x)
+        finally:
+            self.forwards -= 1
+
+    def __deepcopy__(self, memo):
+        self.copies.append((threading.get_ident(), self.forwards > 0))
+        clone = _CopyWatchingMLP.__new__(_CopyWatchingMLP)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            setattr(clone, key, value if key == "copies" else copy.deepcopy(value, memo))
+        return clone
+
+
+def test_helper_models_are_copied_before_any_task_starts_on_the_calling_thread():
+    """A helper that copied the model while the calling thread was inside functional_call
+    would copy the adapted (non-leaf) tensors swapped into it, and die: helpers must never
+    copy it themselves. Two calls, so that replicas made once serve again."""
+    torch.manual_seed(0)
+    model = _CopyWatchingMLP(1, (8,), 1).double()
+    algo = dm.algorithms.MAML(model, F.mse_loss, 0.1, 1, execution="loop", task_threads=3)
+    batch = _sinusoid_batch(tasks=6)
+    expected = dm.algorithms.MAML(model, F.mse_loss, 0.1, 1, execution="loop", task_threads=1)
+    for _ in range(2):
+        g, _ = algo.meta_gradient(algo.init_params(), batch)
+    assert model.copies == [(threading.get_ident(), False)] * 2  # two helpers, copied once
+    reference, _ = expected.meta_gradient(expected.init_params(), batch)
+    _assert_close(g, reference)
+
+
+def test_a_helper_computes_tasks_while_the_calling_thread_is_inside_functional_call():
+    """The interleaving of the race, forced: the calling thread holds its first task inside
+    the query forward (adapted, non-leaf weights swapped into the model) until a helper has
+    finished a task of its own."""
+    torch.manual_seed(0)
+    model = dm.models.MLP(1, (8,), 1).double()
+    caller, helper_done, held = threading.get_ident(), threading.Event(), []
+
+    def hold(module, args):
+        adapted = any(not p.is_leaf for p in module.parameters())
+        if threading.get_ident() == caller and adapted and not held:
+            held.append(helper_done.wait(timeout=20))
+
+    def done(module, args, output):
+        if threading.get_ident() != caller:
+            helper_done.set()
+
+    model.register_forward_pre_hook(hold)
+    model.register_forward_hook(done)
+    algo = dm.algorithms.MAML(model, F.mse_loss, 0.1, 1, execution="loop", task_threads=2)
+    algo.meta_gradient(algo.init_params(), _sinusoid_batch(tasks=4))
+    assert held == [True]
+
+
+def test_choose_execution_vectorises_dense_models_and_loops_convolutions_on_a_cpu():
+    mlp, (conv, _) = _mlp(), _conv4_batch()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert dm.algorithms.choose_execution(mlp, cpu) == "vmap"
+    assert dm.algorithms.choose_execution(conv, cpu) == "loop"
+    assert dm.algorithms.choose_execution(mlp, cuda) == "vmap"
+    assert dm.algorithms.choose_execution(conv, cuda) == "vmap"
+
+
+@pytest.mark.parametrize("chunk", [None, 2, 3])
+def test_vmap_chunk_size_sets_the_tasks_per_vectorised_call(chunk, monkeypatch):
+    """``None`` vectorises all tasks in one call; a chunk size splits them, same gradient."""
+    import distmeta.algorithms.base as base
+
+    seen = []
+
+    def recording_vmap(fn, *args, chunk_size=None, **kwargs):
+        seen.append(chunk_size)
+        return torch.func.vmap(fn, *args, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(base, "vmap", recording_vmap)
+    model, batch = _mlp(), _sinusoid_batch(tasks=5)
+    algo = dm.algorithms.MAML(model, F.mse_loss, 0.1, 2, execution="vmap", vmap_chunk_size=chunk)
+    g, _ = algo.meta_gradient(algo.init_params(), batch)
+    assert seen == [chunk]
+    _assert_close(g, maml_reference(mlp_forward, F.mse_loss, algo.init_params(), batch, 2, 0.1))
+
+
+@pytest.mark.parametrize("rule", [None, "metasgd"])
+def test_compiled_meta_gradient_equals_eager_within_float_rounding(rule):
+    """``algorithm.compile: true`` (the sinusoid configs): the compiled vectorised batch gives
+    the eager meta-gradient to float32 rounding, not bit for bit."""
+    torch.manual_seed(0)
+    model = dm.models.MLP(1, (40, 40), 1)
+    batch = dm.tasks.Sinusoid(10, 40).sample(0, 0, range(25))
+    inner = {"inner_rule": dm.algorithms.MetaSGDRule(0.01)} if rule else {"inner_lr": 0.01}
+    eager, compiled = (
+        dm.algorithms.MAML(model, F.mse_loss, execution="vmap", compile=flag, **inner)
+        for flag in (False, True)
+    )
+    params = eager.init_params()
+    expected, expected_metrics = eager.meta_gradient(params, batch)
+    g, metrics = compiled.meta_gradient(params, batch)
+    _assert_close(g, expected, rtol=1e-4, atol=1e-6)
+    assert metrics["loss"] == pytest.approx(expected_metrics["loss"], rel=1e-5)
+
+
+def test_inner_lr_replaces_the_rate_of_plain_sgd_only():
+    model, batch = _mlp(), _sinusoid_batch(tasks=1)
+    sx, sy, _, _ = batch.task(0)
+    slow = dm.algorithms.MAML(model, F.mse_loss, inner_lr=0.01)
+    fast = dm.algorithms.MAML(model, F.mse_loss, inner_lr=0.05)
+    params = slow.init_params()
+    _assert_close(slow.adapt(params, sx, sy, 2, inner_lr=0.05), fast.adapt(params, sx, sy, 2))
+    learned = dm.algorithms.MAML(model, F.mse_loss, inner_rule=dm.algorithms.MetaSGDRule(0.01))
+    with pytest.raises(ValueError, match="learns its own"):
+        learned.adapt(learned.init_params(), sx, sy, inner_lr=0.05)
+    with pytest.raises(ValueError, match="not both"):
+        dm.algorithms.MAML(model, F.mse_loss, 0.01, inner_rule=dm.algorithms.SGDRule(0.01))

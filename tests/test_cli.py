@@ -41,11 +41,15 @@ def test_train_then_eval_json(tmp_path, tiny_config):
     done = _distmeta("train", tiny_config, "--run-dir", run_dir, "--no-progress")
     assert done.returncode == 0, done.stderr
     assert (run_dir / "final.pt").exists() and (run_dir / "metrics.jsonl").exists()
+    records = [line for line in done.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in records] == ["step 5", "step 10"]
+    assert ", tasks_per_s " in records[0]
     evaluated = _distmeta("eval", run_dir, "--json", "--tasks", "7")
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert result["tasks"] == 7 and result["steps"] == [0, 1, 2, 3]
     assert len(result["loss"]) == 4 and "accuracy" not in result
+    assert result["diverged"] == [0, 0, 0, 0] and len(result["loss_median"]) == 4
 
 
 def test_set_overrides_reach_the_run(tmp_path, tiny_config):

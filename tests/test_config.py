@@ -73,3 +73,43 @@ def test_shipped_configs_are_valid(name):
     from conftest import REPO
 
     load_config(REPO / "configs" / f"{name}.yaml")
+
+
+def test_metasgd_as_an_algorithm_name_says_what_to_write_instead():
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"algorithm": {"name": "metasgd"}})
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "algorithm.name: maml and algorithm.inner_rule: metasgd" in message
+    assert "Value error" not in message
+
+
+def test_the_algorithm_and_its_inner_rule_are_separate_choices():
+    for name in ("maml", "fomaml", "reptile"):
+        for rule in ("sgd", "metasgd"):
+            config = parse_config({"algorithm": {"name": name, "inner_rule": rule}})
+            assert (config.algorithm.name, config.algorithm.inner_rule) == (name, rule)
+    with pytest.raises(ConfigError, match="algorithm.inner_rule"):
+        parse_config({"algorithm": {"inner_rule": "adam"}})
+    with pytest.raises(ConfigError, match="eval.inner_lr sets the rate of the sgd inner rule"):
+        parse_config({"algorithm": {"inner_rule": "metasgd"}, "eval": {"inner_lr": 0.1}})
+
+
+def test_an_unregistered_name_is_a_config_error_naming_the_field():
+    """The schema admits only registered names; a section built around it (model_construct)
+    still meets the registry's own check, never an implicit default."""
+    from distmeta.config import AlgorithmConfig, MLPConfig
+    from distmeta.experiment import build_algorithm, build_model, build_task_source
+
+    config = parse_config({"model": {"hidden": [4]}})
+    source = build_task_source(config)
+    odd_model = config.model_copy(update={"model": MLPConfig.model_construct(name="resnet")})
+    with pytest.raises(ConfigError, match=r"model.name: unknown 'resnet' \(known: conv4, mlp\)"):
+        build_model(odd_model, source)
+    model = build_model(config, source)
+    odd = AlgorithmConfig.model_construct(**{**dict(config.algorithm), "name": "anil"})
+    with pytest.raises(ConfigError, match="algorithm.name: unknown 'anil'"):
+        build_algorithm(config.model_copy(update={"algorithm": odd}), model, source)
+    odd = AlgorithmConfig.model_construct(**{**dict(config.algorithm), "inner_rule": "adam"})
+    with pytest.raises(ConfigError, match="algorithm.inner_rule: unknown 'adam'"):
+        build_algorithm(config.model_copy(update={"algorithm": odd}), model, source)

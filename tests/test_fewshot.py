@@ -18,9 +18,9 @@ from imagesets import omniglot_subset, read_mark, synthetic_image_set
 from distmeta.cli import main
 from distmeta.config import parse_config
 from distmeta.data import ImageRows, ImageSet, prepare_omniglot, write_image_set
-from distmeta.engine import build_task_source, load_run
-from distmeta.engine.evaluate import adaptation_curves
 from distmeta.errors import ConfigError, DataError
+from distmeta.experiment import build_task_source
+from distmeta.runs import adaptation_curves, load_run
 from distmeta.tasks import FewShotImages, split_classes
 
 CLASSES, DRAWERS, SIZE = 12, 6, 6

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from conftest import StopAt
@@ -9,6 +12,7 @@ from conftest import StopAt
 import distmeta as dm
 from distmeta.engine.rundir import MetricsLog, RunDir
 from distmeta.errors import CheckpointError, ConfigError, RunError
+from distmeta.runs import EvalResult
 
 
 def _final(run_dir):
@@ -29,10 +33,16 @@ def test_training_reduces_the_loss_and_writes_the_run(tmp_path, tiny_sinusoid_co
     assert RunDir(tmp_path / "run").checkpoint_steps() == list(range(5, 301, 5))
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile", "metasgd", "fomaml"])
-def test_resume_after_interruption_is_bit_identical(tmp_path, tiny_sinusoid_config, algorithm):
+@pytest.mark.parametrize(
+    ("algorithm", "rule"),
+    [("maml", "sgd"), ("reptile", "sgd"), ("maml", "metasgd"), ("fomaml", "sgd")],
+)
+def test_resume_after_interruption_is_bit_identical(
+    tmp_path, tiny_sinusoid_config, algorithm, rule
+):
+    chosen = {"name": algorithm, "inner_rule": rule}
     config = tiny_sinusoid_config.model_copy(
-        update={"algorithm": tiny_sinusoid_config.algorithm.model_copy(update={"name": algorithm})}
+        update={"algorithm": tiny_sinusoid_config.algorithm.model_copy(update=chosen)}
     )
     dm.train(config, run_dir=str(tmp_path / "whole"), progress=False)
     with pytest.raises(KeyboardInterrupt):
@@ -107,3 +117,21 @@ def test_an_override_that_changes_the_model_is_a_clear_error(tmp_path, tiny_sinu
     dm.train(tiny_sinusoid_config, run_dir=str(tmp_path / "run"), progress=False)
     with pytest.raises(CheckpointError, match="model's shape"):
         dm.load_run(tmp_path / "run", ["model.hidden=[4]"])
+
+
+def test_evaluation_counts_diverged_tasks_and_averages_the_others():
+    """A task whose loss is infinite or NaN after adaptation is counted, not averaged in
+    (the mean would be inf), and never hidden as a null."""
+    inf, nan = math.inf, math.nan
+    curve = torch.tensor(
+        [[[1.0], [0.5]], [[2.0], [inf]], [[3.0], [nan]], [[4.0], [0.7]]], dtype=torch.float64
+    )
+    result = EvalResult.of(curve)
+    assert result.diverged == [0, 2]
+    assert result.loss == pytest.approx([2.5, 0.6])
+    assert result.loss_median == [2.0, 0.7]  # the lower middle of [0.5, 0.7, inf, inf]
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["diverged"] == [0, 2] and None not in data["loss"]
+    everything = EvalResult.of(torch.full((2, 2, 1), inf, dtype=torch.float64))
+    assert everything.to_dict()["loss"] == ["nan", "nan"]
+    assert everything.to_dict()["loss_median"] == ["inf", "inf"]

@@ -27,13 +27,13 @@ def test_importing_distmeta_leaves_the_engine_and_data_tools_unloaded():
 
 def test_public_names_resolve_to_their_modules_objects():
     from distmeta.config import ExperimentConfig
-    from distmeta.engine import load_run
+    from distmeta.runs import load_run
     from distmeta.tasks.fewshot import FewShotImages
 
     assert dm.ExperimentConfig is ExperimentConfig
     assert dm.load_run is load_run
     assert dm.tasks.FewShotImages is FewShotImages
-    assert dm.engine.train is dm.train
+    assert dm.runs.train is dm.train
     for name in (*dm.__all__, *(f"tasks.{n}" for n in dm.tasks.__all__)):
         module, _, attribute = name.rpartition(".")
         assert getattr(dm.tasks if module else dm, attribute) is not None, name

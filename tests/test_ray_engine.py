@@ -19,15 +19,16 @@ from conftest import actor_pids
 
 import distmeta as dm
 from distmeta.config import parse_config
+from distmeta.engine import build_engine
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
-from distmeta.engine.ray_engine import slice_bounds
 from distmeta.engine.ray_engine.collective import open_store
 from distmeta.engine.ray_engine.messages import SliceResult, merge_results
 from distmeta.engine.ray_engine.transport import MEASURED_STEPS, choose_transport, short_steps
 from distmeta.engine.rundir import MetricsLog, RunDir
-from distmeta.engine.trainer import build_engine
-from distmeta.errors import TaskFailedError
+from distmeta.errors import ClusterError, TaskFailedError
+from distmeta.experiment import build_experiment, build_task_source
+from distmeta.tasks import MetaBatchPlan
 
 BASE = {
     "seed": 3,
@@ -63,6 +64,12 @@ def _close(a, b, rtol=1e-6):
 # The per-task loop computes every task alone, so its per-task gradients do not depend on
 # how the meta-batch was split; with the exact reduction the engines then agree bit for bit.
 LOOP = {"execution": "loop", "inner_steps": 2}
+ALGORITHMS = {
+    "maml": {"name": "maml"},
+    "reptile": {"name": "reptile"},
+    "fomaml": {"name": "fomaml"},
+    "metasgd": {"name": "maml", "inner_rule": "metasgd"},
+}
 
 
 class _Hook:
@@ -91,27 +98,39 @@ def reference_runs(tmp_path_factory):
     """Local-engine runs the Ray runs must reproduce exactly."""
     root = tmp_path_factory.mktemp("local")
     runs = {}
-    for algorithm in ("maml", "reptile"):
-        config = _config(algorithm={"name": algorithm, **LOOP})
+    for algorithm, chosen in ALGORITHMS.items():
+        config = _config(algorithm={**chosen, **LOOP})
         dm.train(config, run_dir=str(root / algorithm), progress=False)
         runs[algorithm] = _final(root / algorithm)
     return runs
 
 
 def test_slices_cover_the_meta_batch_in_order():
-    assert slice_bounds(25, 2) == [(0, 12), (12, 25)]
-    assert slice_bounds(3, 5) == [(0, 1), (1, 2), (2, 3)]
-    assert slice_bounds(8, 1) == [(0, 8)]
+    assert MetaBatchPlan(0, 25).slices(2) == [(0, 12), (12, 25)]
+    assert MetaBatchPlan(0, 3).slices(5) == [(0, 1), (1, 2), (2, 3)]
+    assert MetaBatchPlan(0, 8).slices(1) == [(0, 8)]
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
 @pytest.mark.parametrize(
-    ("workers", "transport"), [(1, "auto"), (2, "auto"), (2, "tasks"), (2, "compiled")]
+    ("algorithm", "workers", "engine"),
+    [
+        ("maml", 1, {}),
+        ("maml", 2, {}),
+        ("maml", 2, {"transport": "tasks"}),
+        ("maml", 3, {"transport": "tasks", "reduction": "tree"}),
+        ("reptile", 1, {}),
+        ("reptile", 2, {}),
+        ("reptile", 2, {"transport": "tasks"}),
+        ("fomaml", 2, {}),
+        ("metasgd", 2, {}),
+    ],
 )
 def test_sync_ray_equals_local_bit_for_bit(
-    ray_cluster, reference_runs, tmp_path, algorithm, workers, transport
+    ray_cluster, reference_runs, tmp_path, algorithm, workers, engine
 ):
-    config = _config(_ray(workers, transport=transport), algorithm={"name": algorithm, **LOOP})
+    """Every algorithm and inner rule, every transport and the reduction tree (three
+    workers: two levels of merges) give the local engine's parameters, bit for bit."""
+    config = _config(_ray(workers, **engine), algorithm={**ALGORITHMS[algorithm], **LOOP})
     dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
     assert _same(reference_runs[algorithm], _final(tmp_path / "run"))
 
@@ -125,7 +144,6 @@ def test_sync_ray_equals_local_bit_for_bit(
         ({"mode": "async"}, 1_761, False, "tasks"),
         ({"transport": "tasks"}, 1_761, False, "tasks"),
         ({"transport": "collective"}, 2_000_000, False, "collective"),
-        ({"transport": "compiled"}, 2_000_000, False, "compiled"),
     ],
 )
 def test_how_sync_steps_reach_the_actors(engine, parameters, tree, transport):
@@ -189,10 +207,9 @@ def test_resume_from_a_ray_checkpoint_on_either_engine(ray_cluster, reference_ru
     assert _same(reference_runs["maml"], _final(tmp_path / "b"))
 
 
-# Each fault meets every way a sync step can go: ordinary actor calls; a gloo group whose
-# peer dies or whose worker reports a failed slice; a compiled graph that Ray shuts down (a
-# dead actor) or that returns the error. The latter two hand over to ordinary calls.
-TRANSPORTS = pytest.mark.parametrize("transport", ["tasks", "collective", "compiled"])
+# Each fault meets every way a sync step can go: ordinary actor calls, and a gloo group whose
+# peer dies or whose worker reports a failed slice (which hands over to ordinary calls).
+TRANSPORTS = pytest.mark.parametrize("transport", ["tasks", "collective"])
 
 
 @TRANSPORTS
@@ -257,7 +274,7 @@ def test_async_mode_converges_and_reports_staleness(ray_cluster, tmp_path):
     )
     result = dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
     run = dm.load_run(tmp_path / "run")
-    untrained = dm.engine.build_experiment(run.config).algorithm  # initialisation from the seed
+    untrained = build_experiment(run.config).algorithm  # initialisation from the seed
     curve = untrained.adaptation_curve(untrained.init_params(), _eval_tasks(run), 1)
     trained = dm.evaluate(run, steps=1).loss[1]
     assert trained < 0.8 * curve[:, 1, 0].mean().item()
@@ -268,7 +285,7 @@ def test_async_mode_converges_and_reports_staleness(ray_cluster, tmp_path):
 
 
 def _eval_tasks(run):
-    source = dm.engine.build_task_source(run.config, split="eval")
+    source = build_task_source(run.config, split="eval")
     return source.sample(run.config.seed + 1, 0, range(200))
 
 
@@ -318,3 +335,52 @@ def test_without_an_address_a_new_local_ray_starts_even_after_a_dead_ray_start()
         assert "started 7" in done.stdout
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_more_workers_than_a_local_ray_can_ever_hold_fail_at_once_in_one_line(tmp_path):
+    """A local Ray that distmeta starts never grows: 64 one-CPU workers on a machine of a few
+    cores fail before any worker starts, naming the fields and what the cluster has."""
+    temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths have a limit
+    try:
+        (tmp_path / "c.yaml").write_text("task: {shots: 5, query: 5}\nmodel: {hidden: [8]}\n")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_TMPDIR"] = temp
+        command = [
+            *(sys.executable, "-m", "distmeta.cli", "train", "c.yaml", "--no-progress"),
+            *("--set", "engine.name=ray", "--set", "engine.workers=64"),
+            *("--set", "tracking.enabled=false", "--run-dir", str(tmp_path / "run")),
+        ]
+        began = time.monotonic()
+        done = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2, done.stderr[-2000:]
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith("error: engine.workers: 64 workers of engine.worker_resources")
+        assert "CPU" in lines[0] and "lower engine.workers" in lines[0]
+        assert time.monotonic() - began < 60  # not the 300 s start timeout
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_workers_a_joined_cluster_cannot_place_fail_after_the_step_timeout(ray_cluster, tmp_path):
+    """The session's cluster has no GPU: workers that each ask for one never start, and after
+    engine.step_timeout_s the run fails naming the request and what the cluster has."""
+    gpus = {"worker_resources": {"num_cpus": 0.5, "num_gpus": 1}, "step_timeout_s": 3}
+    config = _config(_ray(2, **gpus))
+    with pytest.raises(ClusterError) as raised:
+        dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    message = str(raised.value)
+    assert "engine.workers: 2 workers of engine.worker_resources (0.5 CPU, 1 GPU each)" in message
+    assert "0 GPU" in message and "holds 0 such workers" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine's torch sees a GPU")
+def test_a_worker_asking_for_a_gpu_torch_cannot_see_refuses_to_start():
+    from distmeta.config import config_to_dict
+    from distmeta.engine.ray_engine import TaskWorker
+
+    config = _config(_ray(1, worker_resources={"num_cpus": 1, "num_gpus": 0.5}))
+    with pytest.raises(ClusterError, match=r"^engine.worker_resources: num_gpus 0.5, but torch"):
+        TaskWorker(config_to_dict(config), 0)

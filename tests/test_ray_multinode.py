@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import distmeta as dm
-from distmeta.config import parse_config
+from distmeta.config import WorkerResources, parse_config
 from distmeta.engine.ray_engine import RayEngine
 from distmeta.engine.rundir import RunDir
+from distmeta.errors import ClusterError
 
 RESOURCE = "distmeta_test_node"
 
@@ -51,7 +52,7 @@ def worker_nodes(ray_cluster):
 def test_workers_are_placed_on_distinct_nodes(worker_nodes, tmp_path):
     engine = RayEngine(_config(), RunDir(tmp_path / "run"))
     try:
-        placed = {entry["node"] for entry in engine.placement}
+        placed = {entry["node"] for entry in engine.pool.placement}
         assert len(placed) == 2
         assert placed <= {node.node_id for node in worker_nodes}
     finally:
@@ -123,3 +124,65 @@ def test_inside_a_placement_group_workers_use_its_bundles(ray_cluster, worker_no
         assert steps == 6
     finally:
         remove_placement_group(group)
+
+
+def test_a_step_that_waits_past_the_timeout_fails_with_a_cluster_error(
+    ray_cluster, worker_nodes, tmp_path
+):
+    """Every node that can host a worker leaves mid-run: the restarted workers can never be
+    placed, and the step fails after engine.step_timeout_s naming the silent workers."""
+    config = _config().model_copy(
+        update={"engine": _config().engine.model_copy(update={"step_timeout_s": 20.0})}
+    )
+
+    class RemoveEveryWorkerNode:
+        def on_start(self, *args):
+            pass
+
+        def on_metrics(self, record):
+            if record["step"] == 10:
+                for node in worker_nodes:
+                    if node in ray_cluster.worker_nodes:
+                        ray_cluster.remove_node(node)
+
+        def on_checkpoint(self, *args):
+            pass
+
+        def on_end(self, *args):
+            pass
+
+    with pytest.raises(
+        ClusterError, match=r"waited 20 s \(engine.step_timeout_s\); workers \[0, 1\]"
+    ):
+        dm.train(
+            config,
+            run_dir=str(tmp_path / "run"),
+            callbacks=[RemoveEveryWorkerNode()],
+            progress=False,
+        )
+
+
+def test_a_worker_on_a_gpu_node_whose_torch_sees_no_gpu_fails_the_run_in_one_line(
+    ray_cluster, tmp_path
+):
+    """The node declares a GPU, so Ray places the worker there; torch in it (a CPU build)
+    sees none, and the worker's refusal reaches the driver as one line naming the field."""
+    node = ray_cluster.add_node(num_cpus=1, num_gpus=1)
+    ray_cluster.wait_for_nodes()
+    try:
+        gpu = WorkerResources(num_cpus=0.5, num_gpus=1)
+        config = _config().model_copy(
+            update={
+                "engine": _config().engine.model_copy(
+                    update={"workers": 1, "worker_resources": gpu, "step_timeout_s": 60.0}
+                )
+            }
+        )
+        with pytest.raises(ClusterError) as raised:
+            dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+        message = str(raised.value)
+        assert message.startswith("a task worker could not start: engine.worker_resources: ")
+        assert "num_gpus 1, but torch in the task worker sees no CUDA device" in message
+        assert "\n" not in message
+    finally:
+        ray_cluster.remove_node(node)

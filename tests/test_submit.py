@@ -175,3 +175,48 @@ def test_a_config_outside_the_working_directory_is_refused(ray_head, tmp_path):
     done = _submit(ray_head, tmp_path / "sub", "../c.yaml")
     assert done.returncode == 2
     assert "outside the working directory" in done.stderr
+
+
+def _jobs(ray_head, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "distmeta.cli", "jobs", *args, "--address"]
+    return subprocess.run(
+        [*command, ray_head["address"]],
+        env=ray_head["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _status_becomes(ray_head, job_id: str, wanted: set[str], timeout_s: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = _jobs(ray_head, "status", job_id).stdout.strip()
+        if status in wanted or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
+def test_jobs_status_logs_and_stop_follow_a_running_job(ray_head, tmp_path):
+    config = {
+        "task": {"shots": 5, "query": 5},
+        "model": {"hidden": [8]},
+        "train": {"steps": 10_000_000, "meta_batch_size": 2, "log_every": 100},
+        "tracking": {"enabled": False},
+    }
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
+    done = _submit(ray_head, tmp_path, "long.yaml", "--set", "algorithm.execution=loop")
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip().splitlines()[0]
+    assert _status_becomes(ray_head, job_id, {"RUNNING"}) == "RUNNING"
+    deadline = time.monotonic() + 120
+    while "step 100: time" not in (logs := _jobs(ray_head, "logs", job_id).stdout):
+        assert time.monotonic() < deadline, logs
+        time.sleep(1)
+    stopped = _jobs(ray_head, "stop", job_id)
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "stopping"
+    assert _status_becomes(ray_head, job_id, {"STOPPED"}) == "STOPPED"
+    again = _jobs(ray_head, "stop", job_id)
+    assert again.returncode == 0 and again.stdout.strip() == "already ended"
+    unknown = _jobs(ray_head, "status", "raysubmit_nosuchjob")
+    assert unknown.returncode == 2 and "raysubmit_nosuchjob" in unknown.stderr

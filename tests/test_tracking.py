@@ -34,10 +34,9 @@ from mlflow_service import service as _service
 
 import distmeta as dm
 from distmeta.cli import main
-from distmeta.engine.experiment import build_task_source
-from distmeta.engine.run import evaluation_run
 from distmeta.engine.rundir import MetricsLog, RunDir
 from distmeta.errors import TrackingError
+from distmeta.experiment import build_task_source
 from distmeta.tracking import MLflowTracker, export_model, resolve_tracking_uri
 from distmeta.tracking.link import read_link
 from distmeta.tracking.provenance import flatten_config
@@ -53,7 +52,7 @@ TINY = {
     "seed": 1,
     "task": {"shots": 5, "query": 5},
     "model": {"hidden": [8]},
-    "algorithm": {"name": "metasgd", "inner_lr": 0.02},
+    "algorithm": {"name": "maml", "inner_rule": "metasgd", "inner_lr": 0.02},
     "train": {"steps": 20, "meta_batch_size": 2, "checkpoint_every": 10, "log_every": 5},
     "eval": {"tasks": 20, "inner_steps": 3},
     "tracking": {"experiment": "tracking-tests"},
@@ -150,7 +149,7 @@ def test_training_run_logs_params_metrics_files_and_plots(tracked):
     assert client.get_experiment(run.info.experiment_id).name == "tracking-tests"
 
     params = run.data.params
-    assert params["algorithm.name"] == "metasgd"
+    assert params["algorithm.inner_rule"] == "metasgd"
     assert params["algorithm.inner_lr"] == "0.02"
     assert params["model.hidden"] == "[8]"
     assert params["train.steps"] == "20"
@@ -184,7 +183,7 @@ def test_training_run_logs_params_metrics_files_and_plots(tracked):
     plot = Path(client.download_artifacts(link.run_id, "plots/adaptation_curve.png"))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
     logged_config = Path(client.download_artifacts(link.run_id, "config.yaml"))
-    assert yaml.safe_load(logged_config.read_text())["algorithm"]["name"] == "metasgd"
+    assert yaml.safe_load(logged_config.read_text())["algorithm"]["inner_rule"] == "metasgd"
 
     tags = run.data.tags
     assert tags["version.torch"] == torch.__version__
@@ -297,7 +296,7 @@ def test_export_of_an_untracked_run_to_another_store(tmp_path, monkeypatch, loca
     version = client.get_model_version("untracked", "1")
     recorded = client.get_run(version.run_id)  # a run made for the export, with the config
     assert recorded.info.run_name == "run (export)"
-    assert recorded.data.params["algorithm.name"] == "metasgd"
+    assert recorded.data.params["algorithm.inner_rule"] == "metasgd"
     store = Path(local_store.removeprefix("sqlite:///")).parent
     assert (store / "mlartifacts" / "models").is_dir()
     assert list(elsewhere.iterdir()) == []  # nothing went to a default store in the cwd
@@ -331,14 +330,16 @@ def test_registered_classifier_predicts_classes_and_probabilities(
     export_model(tmp_path / "run", "marks", alias="champion", tracking_uri=local_store)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", local_store)
     model = mlflow.pyfunc.load_model("models:/marks@champion")
-    run = evaluation_run(dm.load_run(tmp_path / "run"))
-    assert run.model.head.out_features == 3
-    batch = build_task_source(config, split="eval").sample(5, 0, range(2))
+    run = dm.load_run(tmp_path / "run")
+    source = build_task_source(config, split="eval")
+    params = run.params_for(source)
+    assert params["head.weight"].shape[0] == 3
+    batch = source.sample(5, 0, range(2))
     predicted = model.predict(input_example(batch, inner_steps=2))
     for index in range(2):
         sx, sy, qx, _ = batch.task(index)
-        fast = run.algorithm.adapt(run.params, sx, sy, steps=2)
-        logits = torch.func.functional_call(run.model, fast, (qx,)).double()
+        fast = run.algorithm.adapt(params, sx, sy, steps=2, inner_lr=config.eval.inner_lr)
+        logits = run.algorithm.forward(fast, qx).double()
         probabilities = torch.tensor(predicted["query_proba"][index], dtype=torch.float64)
         torch.testing.assert_close(probabilities, logits.softmax(-1), rtol=0, atol=1e-6)
         assert predicted["query_pred"][index] == logits.argmax(-1).tolist()
@@ -452,9 +453,12 @@ def test_default_store_is_sqlite_in_the_working_directory_and_resume_continues_t
     config.write_text(yaml.safe_dump(TINY))
     first = _distmeta("train", config, "--run-dir", "run", "--no-progress", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    # No library noise: the summary line is all the user sees.
+    # No library noise: a line per record and the summary line are all the user sees.
     lines = [line for line in first.stderr.splitlines() if line.strip()]
-    assert len(lines) <= 2 and lines[0].startswith("done:"), first.stderr
+    records = [line for line in lines if line.startswith("step ")]
+    assert [line.split(":")[0] for line in records] == [f"step {s}" for s in (5, 10, 15, 20)]
+    rest = lines[len(records) :]
+    assert len(rest) <= 2 and rest[0].startswith("done:"), first.stderr
     assert "INFO" not in first.stderr and "Warning" not in first.stderr, first.stderr
     link = read_link(RunDir(tmp_path / "run"))
     assert link.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -330,7 +330,7 @@ def test_bad_searches_fail_before_any_trial(space, tune, message, tmp_path):
     [
         (
             {"space": {"algorithm.inner_lr": {"type": "loguniform", "low": -1, "high": 0.1}}},
-            "tune.space.algorithm.inner_lr: Value error, loguniform needs low > 0, got -1",
+            "tune.space.algorithm.inner_lr: loguniform needs low > 0, got -1",
         ),
         ({"space": {}}, "tune.space: Dictionary should have at least 1 item"),
         (

@@ -1,13 +1,14 @@
 """Meta-learning algorithms as pure ``torch.func`` math: no Ray, no I/O.
 
-Each answers ``meta_gradient(params, batch) -> (g, metrics)``.
+Each answers ``meta_gradient(params, batch) -> (g, metrics)``. The algorithm (MAML, first-order
+MAML, Reptile) and the inner rule (plain SGD, Meta-SGD's learned rates) are separate choices.
 """
 
-from distmeta.algorithms.base import MetaAlgorithm, choose_execution
+from distmeta.algorithms.base import MetaAlgorithm
+from distmeta.algorithms.execution import choose_execution, choose_task_threads
 from distmeta.algorithms.gradient import GradientSum
 from distmeta.algorithms.inner import InnerRule, MetaSGDRule, SGDRule
 from distmeta.algorithms.maml import MAML
-from distmeta.algorithms.metasgd import MetaSGD
 from distmeta.algorithms.reptile import Reptile
 
 __all__ = [
@@ -15,9 +16,9 @@ __all__ = [
     "GradientSum",
     "InnerRule",
     "MetaAlgorithm",
-    "MetaSGD",
     "MetaSGDRule",
     "Reptile",
     "SGDRule",
     "choose_execution",
+    "choose_task_threads",
 ]

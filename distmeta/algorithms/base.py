@@ -1,21 +1,20 @@
-"""What every meta-learning algorithm shares: parameters, adaptation, batching over tasks.
+"""What every meta-learning algorithm shares: parameters, the inner loop, batching over tasks.
 
 An algorithm answers one question: given meta-parameters and a batch of tasks, what is the
 meta-gradient ``g`` (so that the outer step is ``params <- outer_optimizer(params, g)``)?
 Subclasses define the gradient of one task as a pure function of the parameters, written with
 :func:`distmeta.algorithms.differentiate.grad` (``torch.func.grad`` under ``vmap``, plain
 autograd one task at a time); this class runs it over the tasks of a batch, either one task at
-a time or vectorised with ``torch.func.vmap``, and sums the results in task order.
+a time (on one or several threads, :mod:`.task_threads`) or vectorised with
+``torch.func.vmap`` (:mod:`.execution` chooses), and sums the results exactly in task order.
+How a task adapts is the inner rule's business (:mod:`.inner`), a choice separate from the
+algorithm.
 """
 
 from __future__ import annotations
 
-import copy
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from typing import Literal, TypeVar
 
@@ -24,114 +23,23 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from distmeta.algorithms.differentiate import grad
+from distmeta.algorithms.execution import (
+    Execution,
+    TaskThreads,
+    choose_execution,
+    choose_task_threads,
+)
+from distmeta.algorithms.failures import find_failing_task, task_failure
 from distmeta.algorithms.gradient import ACCUMULATOR_DTYPE, GradientSum, compensated_sum
-from distmeta.algorithms.inner import InnerRule, Params
+from distmeta.algorithms.inner import InnerRule, Params, SGDRule
+from distmeta.algorithms.task_threads import TaskThreadPool
 from distmeta.errors import TaskFailedError
 from distmeta.tasks.batch import TaskBatch
 
-__all__ = ["Execution", "MetaAlgorithm", "TaskThreads", "choose_execution", "choose_task_threads"]
+__all__ = ["LossFn", "MetaAlgorithm"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Execution = Literal["auto", "loop", "vmap"]
-TaskThreads = int | Literal["auto"]
 _Result = TypeVar("_Result")
-
-
-def choose_execution(model: nn.Module, device: torch.device) -> Literal["loop", "vmap"]:
-    """How to run the tasks of a batch, by measurement (see BENCHMARKS.md).
-
-    On CUDA, one vectorised call keeps the device busy: second-order MAML on the Omniglot
-    Conv4 (meta-batch 32) ran 10.6x (1 inner step) and 14.2x (5) faster than a plain
-    autograd loop over tasks on an H200, where distmeta's own loop, written for CPUs, ran
-    slower than the plain one. On a CPU, vectorising pays for small dense models, whose
-    per-task operations are too small to amortise Python and dispatch overhead, but
-    convolutions under ``vmap`` become grouped convolutions that run at half the speed with
-    several times the memory: convolutional models loop over tasks.
-    """
-    if device.type == "cuda":
-        return "vmap"
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return "loop" if has_conv else "vmap"
-
-
-def choose_task_threads(device: torch.device, tasks: int) -> int:
-    """How many tasks of a looped batch run at once, by measurement (see BENCHMARKS.md).
-
-    On a CPU, torch's threads (``torch.get_num_threads()``) each take a whole task, its
-    operations single-threaded, instead of sharing every operation: a few-shot task's
-    operations are too small to split well across threads. On CUDA, one task at a time.
-    """
-    if device.type != "cpu":
-        return 1
-    return max(1, min(torch.get_num_threads(), tasks))
-
-
-class _TaskQueue:
-    """Task indices handed to several threads one at a time, their results returned in order.
-
-    Helper threads call :meth:`work`; the calling thread iterates :meth:`results`, which
-    computes tasks too while the next result in order is not ready. After a task fails, no
-    new task starts, and the failure is raised in its place in the order.
-    """
-
-    def __init__(self, fn: Callable[[int], _Result], tasks: int):
-        self._fn, self._tasks = fn, tasks
-        self._next = 0
-        self._stopped = False
-        self._finished: dict[int, tuple[bool, object]] = {}
-        self._changed = threading.Condition()
-
-    def _take(self) -> int | None:
-        with self._changed:
-            if self._stopped or self._next == self._tasks:
-                return None
-            self._next += 1
-            return self._next - 1
-
-    def _run(self, index: int) -> None:
-        try:
-            outcome = (True, self._fn(index))
-        except Exception as error:
-            outcome = (False, error)
-        with self._changed:
-            self._finished[index] = outcome
-            self._stopped = self._stopped or not outcome[0]
-            self._changed.notify_all()
-
-    def work(self) -> None:
-        while (index := self._take()) is not None:
-            self._run(index)
-
-    def stop(self) -> None:
-        with self._changed:
-            self._stopped = True
-
-    def results(self) -> Iterator[_Result]:
-        for wanted in range(self._tasks):
-            while wanted not in self._finished:
-                index = self._take()
-                if index is not None:
-                    self._run(index)
-                    continue
-                with self._changed:  # every task is taken: wait for the one wanted
-                    while wanted not in self._finished:
-                        self._changed.wait()
-            with self._changed:
-                succeeded, value = self._finished.pop(wanted)
-            if not succeeded:
-                raise value
-            yield value
-
-
-@contextmanager
-def _single_threaded_operations() -> Iterator[None]:
-    """torch's intra-op parallelism off for the block (process-wide), then restored."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _detached(params: Params) -> Params:
@@ -139,17 +47,21 @@ def _detached(params: Params) -> Params:
 
 
 class MetaAlgorithm(ABC):
-    """Base class: a model, a task loss, an inner update rule and a number of inner steps.
+    """Base class: a model, a task loss, an inner rule and a number of inner steps.
 
     Args:
         model: The network; its parameters are the template of the meta-parameters and it is
             only ever called functionally (``torch.func.functional_call``).
         loss_fn: Loss of predictions against targets, e.g. ``F.mse_loss``, ``F.cross_entropy``.
-        inner_rule: How fast weights are updated in the inner loop.
+        inner_lr: Step size of plain gradient descent in the inner loop (default 0.01);
+            shorthand for ``inner_rule=SGDRule(inner_lr)``, so give one or the other.
         inner_steps: Inner-loop steps per task in meta-training and in :meth:`adapt`.
+        inner_rule: How fast weights move in the inner loop (:mod:`distmeta.algorithms.inner`:
+            ``SGDRule``, ``MetaSGDRule`` with learned per-parameter rates); a rule's own
+            meta-parameters join the model's.
         execution: ``"loop"`` (one task at a time), ``"vmap"`` (all tasks in one vectorised
-            call) or ``"auto"`` (:func:`choose_execution`). Both are exact; they differ in speed
-            and memory.
+            call) or ``"auto"`` (:func:`~distmeta.algorithms.execution.choose_execution`).
+            Both are exact; they differ in speed and memory.
         vmap_chunk_size: Tasks per vectorised call when vectorising (``None``: all at once).
         compile: Compile the vectorised batch with ``torch.compile``. It costs tens of seconds
             once per process (minutes for a convolutional network) and pays back on long runs:
@@ -164,22 +76,20 @@ class MetaAlgorithm(ABC):
             order, so a learned head only adds noise, and a head that starts at zero makes
             the first inner step a comparison of the query's features with each class's.
         task_threads: Tasks computed at once when looping over tasks, each in its own Python
-            thread (the calling one and helpers) with single-threaded operations, each
-            helper with its own copy of the model (the results are summed in task order, as
-            one at a time). ``"auto"``: :func:`choose_task_threads`. Memory grows with the
-            tasks in flight.
+            thread (the calling one and helpers, :mod:`~distmeta.algorithms.task_threads`)
+            with single-threaded operations (the results are summed in task order, as one at
+            a time). ``"auto"``: :func:`~distmeta.algorithms.execution.choose_task_threads`.
+            Memory grows with the tasks in flight.
     """
-
-    _worker = threading.local()
-    """Per helper thread of a task pool: ``(algorithm, its model copy)``. ``functional_call``
-    swaps a module's parameters for the call, so threads must not share the module."""
 
     def __init__(
         self,
         model: nn.Module,
         loss_fn: LossFn,
-        inner_rule: InnerRule,
+        inner_lr: float | None = None,
         inner_steps: int = 1,
+        *,
+        inner_rule: InnerRule | None = None,
         execution: Execution = "auto",
         vmap_chunk_size: int | None = None,
         compile: bool = False,
@@ -190,6 +100,8 @@ class MetaAlgorithm(ABC):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if inner_rule is not None and inner_lr is not None:
+            raise ValueError("give inner_lr (plain SGD) or inner_rule, not both")
         if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
             raise ValueError(f"inner_steps must be a positive integer, got {inner_steps!r}")
         if execution not in ("auto", "loop", "vmap"):
@@ -202,18 +114,18 @@ class MetaAlgorithm(ABC):
             raise ValueError(
                 f"task_threads must be 'auto' or a positive integer, got {task_threads!r}"
             )
+        if isinstance(zero_init, str):
+            raise TypeError(f"zero_init must be a sequence of parameter names, got {zero_init!r}")
         self.model = model
         self.loss_fn = loss_fn
-        self.inner_rule = inner_rule
+        self.inner_rule = inner_rule if inner_rule is not None else SGDRule(inner_lr or 0.01)
         self.inner_steps = inner_steps
         self.execution = execution
         self.vmap_chunk_size = vmap_chunk_size
         self.task_threads = task_threads
-        self.compile = bool(compile)
+        self._threads = TaskThreadPool(model)
         self._batched_sum_fn = torch.compile(self._batched_sum) if compile else self._batched_sum
         self.model_param_names = tuple(name for name, _ in model.named_parameters())
-        if isinstance(zero_init, str):
-            raise TypeError(f"zero_init must be a sequence of parameter names, got {zero_init!r}")
         unknown = sorted(set(zero_init) - set(self.model_param_names))
         if unknown:
             raise ValueError(
@@ -249,25 +161,50 @@ class MetaAlgorithm(ABC):
         if nonzero:
             raise ValueError(f"params {nonzero} must be zero: the algorithm's zero_init names them")
 
+    def _rule_at(self, inner_lr: float | None) -> InnerRule:
+        """The inner rule, or plain SGD at ``inner_lr`` in its place (evaluation at another
+        rate); a learned rule has no single rate to replace."""
+        if inner_lr is None:
+            return self.inner_rule
+        if not isinstance(self.inner_rule, SGDRule):
+            raise ValueError(
+                f"inner_lr sets the rate of plain SGD; the {type(self.inner_rule).__name__} "
+                "inner rule learns its own"
+            )
+        return SGDRule(inner_lr)
+
     # --- one task, pure functions (vmap-compatible) -------------------------------------------
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """The model's output with the given (fast) weights."""
-        replica = getattr(self._worker, "replica", None)
-        model = replica[1] if replica is not None and replica[0] is self else self.model
-        return functional_call(model, params, (x,))
+        return functional_call(self._threads.current_model(), params, (x,))
 
     def _loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.forward(fast, x), y)
 
-    def _inner_loop(self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, steps: int) -> Params:
-        """Fast weights after ``steps`` inner steps; differentiable through ``meta`` when called
-        under a :func:`~distmeta.algorithms.differentiate.grad` of ``meta``."""
+    def _inner_loop(
+        self,
+        meta: Params,
+        sx: torch.Tensor,
+        sy: torch.Tensor,
+        steps: int,
+        rule: InnerRule | None = None,
+        observe: Callable[[Params], None] | None = None,
+    ) -> Params:
+        """Fast weights after ``steps`` steps of ``rule`` (default: the algorithm's) on the
+        support set; differentiable through ``meta`` when called under a
+        :func:`~distmeta.algorithms.differentiate.grad` of ``meta``. ``observe`` sees the
+        fast weights before the first step and after each one."""
+        rule = rule or self.inner_rule
         fast = self.model_params(meta)
-        state = self.inner_rule.init(meta, fast)
+        state = rule.init(meta, fast)
+        if observe is not None:
+            observe(fast)
         for _ in range(steps):
             grads = grad(self._loss)(fast, sx, sy)
-            fast, state = self.inner_rule.step(meta, fast, grads, state)
+            fast, state = rule.step(meta, fast, grads, state)
+            if observe is not None:
+                observe(fast)
         return fast
 
     def _query_stats(
@@ -297,15 +234,18 @@ class MetaAlgorithm(ABC):
         qx: torch.Tensor,
         qy: torch.Tensor,
         steps: int,
+        rule: InnerRule,
     ) -> torch.Tensor:
         """Metrics on the query set after 0, 1, ..., ``steps`` inner steps: ``[steps + 1, m]``."""
-        fast = self.model_params(meta)
-        state = self.inner_rule.init(meta, fast)
-        curve = [self._query_objective(fast, qx, qy)[1]]
-        for _ in range(steps):
-            grads = grad(self._loss)(fast, sx, sy)
-            fast, state = self.inner_rule.step(meta, fast, grads, state)
-            curve.append(self._query_objective(fast, qx, qy)[1])
+        curve: list[torch.Tensor] = []
+        self._inner_loop(
+            meta,
+            sx,
+            sy,
+            steps,
+            rule,
+            observe=lambda fast: curve.append(self._query_objective(fast, qx, qy)[1]),
+        )
         return torch.stack(curve)
 
     # --- public API -------------------------------------------------------------------------
@@ -320,6 +260,7 @@ class MetaAlgorithm(ABC):
         support_x: torch.Tensor,
         support_y: torch.Tensor,
         steps: int | None = None,
+        inner_lr: float | None = None,
     ) -> Params:
         """The model's weights for one task after the algorithm's own inner loop.
 
@@ -328,6 +269,8 @@ class MetaAlgorithm(ABC):
             support_x: ``[n, *input_shape]`` support inputs of one task (unbatched).
             support_y: ``[n, *target_shape]`` support targets.
             steps: Inner steps; defaults to ``inner_steps``.
+            inner_lr: Adapt with plain SGD at this rate instead of the rule's own (only for
+                the ``SGDRule``, whose rate is not learned).
 
         Returns:
             The model's parameters (``model.named_parameters`` names), detached.
@@ -336,7 +279,8 @@ class MetaAlgorithm(ABC):
         steps = self.inner_steps if steps is None else steps
         if steps < 0:
             raise ValueError(f"steps must be non-negative, got {steps}")
-        return _detached(self._inner_loop(_detached(params), support_x, support_y, steps))
+        rule = self._rule_at(inner_lr)
+        return _detached(self._inner_loop(_detached(params), support_x, support_y, steps, rule))
 
     def meta_gradient(self, params: Params, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         """The meta-gradient averaged over the tasks of ``batch``, and mean metrics.
@@ -350,27 +294,28 @@ class MetaAlgorithm(ABC):
         return total.mean(dtype), total.mean_stats()
 
     def meta_gradient_sum(self, params: Params, batch: TaskBatch) -> GradientSum:
-        """The per-task meta-gradients of ``batch`` summed in task order (engines add these
-        sums across workers). Raises :class:`TaskFailedError` naming a task whose loss or
+        """The per-task meta-gradients of ``batch`` summed exactly (engines add these sums
+        across workers). Raises :class:`TaskFailedError` naming a task whose loss or
         gradient is not finite, or whose computation raised."""
         self._check_params(params)
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
         meta = _detached(params)
         device = next(iter(meta.values())).device
+        one_task = partial(self._one_task, meta, batch)
         try:
             if self._resolved_execution(device) == "vmap":
                 total, stats = self._vmapped_sum(meta, batch)
             else:
-                total, stats = self._looped_sum(meta, batch)
+                total, stats = self._looped_sum(meta, batch, one_task, device)
         except TaskFailedError:
             raise
         except Exception:
-            self._diagnose(meta, batch)
+            find_failing_task(one_task, batch)
             raise
         values = [stats.isfinite().all()] + [g.isfinite().all() for g in total.grads.values()]
         if not bool(torch.stack(values).all()):
-            self._diagnose(meta, batch)
+            find_failing_task(one_task, batch)
         for name in self.zero_init:
             total.grads[name].zero_()
             total.residuals[name].zero_()
@@ -378,25 +323,27 @@ class MetaAlgorithm(ABC):
         total.stats = dict(zip(self.stat_names(batch), sums, strict=True))
         return total
 
-    def adaptation_curve(self, params: Params, batch: TaskBatch, steps: int) -> torch.Tensor:
+    def adaptation_curve(
+        self, params: Params, batch: TaskBatch, steps: int, inner_lr: float | None = None
+    ) -> torch.Tensor:
         """Query metrics of every task after 0..``steps`` inner steps: ``[tasks, steps+1, m]``
-        (metric order as in :meth:`stat_names`)."""
+        (metric order as in :meth:`stat_names`); ``inner_lr`` as in :meth:`adapt`."""
         self._check_params(params)
         if steps < 0:
             raise ValueError(f"steps must be non-negative, got {steps}")
+        rule = self._rule_at(inner_lr)
         meta = _detached(params)
         device = next(iter(meta.values())).device
 
         def curve(meta, sx, sy, qx, qy):
-            return self._task_curve(meta, sx, sy, qx, qy, steps)
+            return self._task_curve(meta, sx, sy, qx, qy, steps, rule)
 
         if self._resolved_execution(device) == "vmap":
             return vmap(curve, in_dims=(None, 0, 0, 0, 0), chunk_size=self.vmap_chunk_size)(
                 meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y
             )
-        return torch.stack(
-            list(self._map_tasks(lambda i: curve(meta, *batch.task(i)), len(batch), device))
-        )
+        tasks = self._map_tasks(lambda i: curve(meta, *batch.task(i)), len(batch), device)
+        return torch.stack(list(tasks))
 
     # --- batching over tasks ---------------------------------------------------------------
 
@@ -432,13 +379,17 @@ class MetaAlgorithm(ABC):
         )
         return GradientSum(sums, residuals, len(batch)), stats
 
-    def _looped_sum(self, meta: Params, batch: TaskBatch) -> tuple[GradientSum, torch.Tensor]:
+    def _looped_sum(
+        self,
+        meta: Params,
+        batch: TaskBatch,
+        one_task: Callable[[int], tuple[Params, torch.Tensor]],
+        device: torch.device,
+    ) -> tuple[GradientSum, torch.Tensor]:
         """Like :meth:`_vmapped_sum`, task by task: one at a time (memory of one task's
         graph) or ``task_threads`` at once, summed in task order either way."""
         total = GradientSum.zeros_like(meta)
         stats = []
-        one_task = partial(self._one_task, meta, batch)
-        device = next(iter(meta.values())).device
         for grads, task_stats in self._map_tasks(one_task, len(batch), device):
             total.add_task(grads)
             stats.append(task_stats)
@@ -447,51 +398,14 @@ class MetaAlgorithm(ABC):
     def _map_tasks(
         self, fn: Callable[[int], _Result], tasks: int, device: torch.device
     ) -> Iterator[_Result]:
-        """``fn(0), ..., fn(tasks - 1)`` in order, ``task_threads`` of them at once: the
-        calling thread computes tasks too, beside ``task_threads - 1`` helper threads (each
-        thread allocates from its own malloc arena, so one thread fewer is one arena's
-        memory less)."""
         if self.task_threads == "auto":
             threads = choose_task_threads(device, tasks)
         else:
-            threads = min(self.task_threads, tasks)
-        if threads == 1:
-            yield from map(fn, range(tasks))
-            return
-        queue = _TaskQueue(fn, tasks)
-        with (
-            _single_threaded_operations(),
-            ThreadPoolExecutor(threads - 1, initializer=self._start_worker) as pool,
-        ):
-            for _ in range(threads - 1):
-                pool.submit(queue.work)
-            try:
-                yield from queue.results()
-            finally:
-                queue.stop()
-
-    def _start_worker(self) -> None:
-        self._worker.replica = (self, copy.deepcopy(self.model))
+            threads = self.task_threads
+        return self._threads.map(fn, tasks, threads)
 
     def _one_task(self, meta: Params, batch: TaskBatch, index: int) -> tuple[Params, torch.Tensor]:
         try:
             return self._task_gradient(meta, *batch.task(index))
         except Exception as error:
-            raise self._failure(batch, index, f"{type(error).__name__}: {error}") from error
-
-    def _diagnose(self, meta: Params, batch: TaskBatch) -> None:
-        """Find the first task whose computation raises or is not finite, and raise for it."""
-        for index in range(len(batch)):
-            grads, stats = self._one_task(meta, batch, index)
-            if not bool(stats.isfinite().all()):
-                raise self._failure(batch, index, "the query loss is not finite")
-            if not all(bool(g.isfinite().all()) for g in grads.values()):
-                bad = sorted(name for name, g in grads.items() if not bool(g.isfinite().all()))
-                raise self._failure(batch, index, f"the meta-gradient is not finite in {bad}")
-
-    @staticmethod
-    def _failure(batch: TaskBatch, index: int, reason: str) -> TaskFailedError:
-        task_id = batch.task_id(index)
-        if task_id is None:
-            reason = f"{reason} (task {index} of the batch)"
-        return TaskFailedError(task_id, reason)
+            raise task_failure(batch, index, f"{type(error).__name__}: {error}") from error

@@ -88,7 +88,12 @@ class GradientSum:
 
     @staticmethod
     def total(parts: Iterable[GradientSum]) -> GradientSum:
-        """Add sums (exactly, so the order does not matter for the result)."""
+        """Add sums exactly, so that neither order nor grouping changes the result.
+
+        The one exact addition of partial sums in distmeta: the learner adds the slices of
+        the workers with it, and so do the reduction tree and every transport (through
+        :func:`~distmeta.engine.ray_engine.messages.merge_results`). No part is written to.
+        """
         parts = list(parts)
         if not parts:
             raise ValueError("no gradient sums to add")

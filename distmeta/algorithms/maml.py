@@ -2,81 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
-from distmeta.algorithms.base import Execution, LossFn, MetaAlgorithm, TaskThreads
+from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.differentiate import grad
-from distmeta.algorithms.inner import InnerRule, Params, SGDRule
+from distmeta.algorithms.inner import Params
 
 __all__ = ["MAML"]
 
 
 class MAML(MetaAlgorithm):
-    """MAML: meta-learn an initialisation from which a few gradient steps fit a task.
+    """MAML: meta-learn an initialisation from which a few inner steps fit a task.
 
     Description:
-        For each task, the inner loop takes ``inner_steps`` gradient steps on the support loss
-        from the meta-parameters; the meta-gradient is the gradient of the mean query loss
-        after adaptation with respect to the meta-parameters, differentiating through the
-        inner loop (second order). With ``first_order=True`` the inner gradients are treated
-        as constants, so the meta-gradient is the query-loss gradient at the adapted weights.
+        For each task, the inner loop takes ``inner_steps`` steps of the inner rule on the
+        support loss from the meta-parameters; the meta-gradient is the gradient of the mean
+        query loss after adaptation with respect to every meta-parameter (the model's and the
+        rule's own, e.g. Meta-SGD's learned rates), differentiating through the inner loop
+        (second order). With ``first_order=True`` the inner gradients are treated as
+        constants, so the meta-gradient is the query-loss gradient at the adapted weights and
+        a rule's own meta-parameters get none.
+
+        Meta-SGD (Li et al., 2017) is MAML with the
+        :class:`~distmeta.algorithms.inner.MetaSGDRule`.
 
     Args:
         model: The network whose initialisation is meta-learned.
         loss_fn: Task loss, e.g. ``torch.nn.functional.mse_loss``.
-        inner_lr: Inner-loop step size (default 0.01).
+        inner_lr: Plain SGD's inner step size (default 0.01), or give ``inner_rule``.
         inner_steps: Inner-loop steps per task (default 1).
         first_order: Drop second-order terms (default ``False``).
-        execution: ``"auto"``, ``"loop"`` or ``"vmap"``; see :class:`MetaAlgorithm`.
-        vmap_chunk_size: Tasks per vectorised call.
-        compile: Compile the vectorised batch (see :class:`MetaAlgorithm`).
-        inner_rule: Replaces plain SGD in the inner loop (Meta-SGD, learned optimizers).
-        zero_init: Model parameters that every task starts from zero (see
-            :class:`MetaAlgorithm`).
-        task_threads: Tasks computed at once in a loop over tasks (see
-            :class:`MetaAlgorithm`).
+        **options: ``inner_rule``, ``execution``, ``vmap_chunk_size``, ``compile``,
+            ``zero_init``, ``task_threads``: see :class:`MetaAlgorithm`.
 
     References:
         Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep
         Networks. ICML 2017.
+        Li, Zhou, Chen, Li. Meta-SGD: Learning to Learn Quickly for Few-Shot Learning. 2017.
 
     Example:
         >>> model = MLP(1, (40, 40), 1)
         >>> algo = MAML(model, F.mse_loss, inner_lr=0.01, inner_steps=1)
         >>> params = algo.init_params()
         >>> g, metrics = algo.meta_gradient(params, batch)
+        >>> metasgd = MAML(model, F.mse_loss, inner_rule=MetaSGDRule(0.01))
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        inner_lr: float = 0.01,
-        inner_steps: int = 1,
-        first_order: bool = False,
-        execution: Execution = "auto",
-        vmap_chunk_size: int | None = None,
-        compile: bool = False,
-        inner_rule: InnerRule | None = None,
-        zero_init: Sequence[str] = (),
-        task_threads: TaskThreads = "auto",
-    ):
-        self.inner_lr = float(inner_lr)
+    def __init__(self, *args: Any, first_order: bool = False, **options: Any):
         self.first_order = bool(first_order)
-        super().__init__(
-            model,
-            loss_fn,
-            inner_rule if inner_rule is not None else SGDRule(inner_lr),
-            inner_steps,
-            execution,
-            vmap_chunk_size,
-            compile,
-            zero_init,
-            task_threads,
-        )
+        super().__init__(*args, **options)
 
     def _task_gradient(
         self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import nn
 
-from distmeta.algorithms.base import Execution, LossFn, MetaAlgorithm, TaskThreads
-from distmeta.algorithms.inner import Params, SGDRule
+from distmeta.algorithms.base import MetaAlgorithm
+from distmeta.algorithms.differentiate import grad
+from distmeta.algorithms.inner import Params
 
 __all__ = ["Reptile"]
 
@@ -17,56 +15,44 @@ class Reptile(MetaAlgorithm):
     """Reptile, expressed as a meta-gradient so one learner serves every algorithm.
 
     Description:
-        Each task runs ``inner_steps`` full-batch SGD steps at ``inner_lr`` on its support set;
-        the direction is ``g = params - mean_over_tasks(adapted_params)``, so an outer SGD step
-        with rate epsilon is Reptile's ``params + epsilon * (mean(adapted) - params)``. The
-        query set only measures the adapted model (metrics), it does not enter ``g``.
+        Each task runs ``inner_steps`` steps of the inner rule on its support set; the
+        direction of the model's parameters is ``g = params - mean_over_tasks(adapted)``, so
+        an outer SGD step with rate epsilon is Reptile's ``params + epsilon * (mean(adapted) -
+        params)``. The query set measures the adapted model (metrics) and does not enter
+        that direction. An inner rule with meta-parameters of its own (Meta-SGD's rates, a
+        learned optimizer) has no Reptile direction: its meta-gradient is the gradient of the
+        query loss after adaptation, differentiated through the inner loop.
 
     Args:
         model: The network.
         loss_fn: Task loss.
-        inner_lr: Inner SGD step size (default 0.01).
-        inner_steps: Inner SGD steps per task (default 1).
-        execution: ``"auto"``, ``"loop"`` or ``"vmap"``.
-        vmap_chunk_size: Tasks per vectorised call.
-        compile: Compile the vectorised batch (see :class:`MetaAlgorithm`).
-        zero_init: Model parameters that every task starts from zero (see
-            :class:`MetaAlgorithm`).
-        task_threads: Tasks computed at once in a loop over tasks (see
-            :class:`MetaAlgorithm`).
+        inner_lr: Plain SGD's inner step size (default 0.01), or give ``inner_rule``.
+        inner_steps: Inner steps per task (default 1).
+        **options: ``inner_rule``, ``execution``, ``vmap_chunk_size``, ``compile``,
+            ``zero_init``, ``task_threads``: see :class:`MetaAlgorithm`.
 
     References:
         Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. 2018.
-    """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        inner_lr: float = 0.01,
-        inner_steps: int = 1,
-        execution: Execution = "auto",
-        vmap_chunk_size: int | None = None,
-        compile: bool = False,
-        zero_init: Sequence[str] = (),
-        task_threads: TaskThreads = "auto",
-    ):
-        self.inner_lr = float(inner_lr)
-        super().__init__(
-            model,
-            loss_fn,
-            SGDRule(inner_lr),
-            inner_steps,
-            execution,
-            vmap_chunk_size,
-            compile,
-            zero_init,
-            task_threads,
-        )
+    Example:
+        >>> algo = Reptile(MLP(1, (40, 40), 1), F.mse_loss, inner_lr=0.02, inner_steps=5)
+        >>> g, metrics = algo.meta_gradient(algo.init_params(), batch)
+    """
 
     def _task_gradient(
         self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
     ) -> tuple[Params, torch.Tensor]:
-        fast = self._inner_loop(meta, sx, sy, self.inner_steps)
-        _, stats = self._query_objective(fast, qx, qy)
-        return {name: meta[name] - fast[name] for name in meta}, stats
+        model = self.model_params(meta)
+        rule_params = {name: p for name, p in meta.items() if name not in model}
+        if not rule_params:
+            fast = self._inner_loop(meta, sx, sy, self.inner_steps)
+            _, stats = self._query_objective(fast, qx, qy)
+            return {name: meta[name] - fast[name] for name in meta}, stats
+
+        def objective(rule_params: Params):
+            fast = self._inner_loop({**model, **rule_params}, sx, sy, self.inner_steps)
+            loss, stats = self._query_objective(fast, qx, qy)
+            return loss, (stats, fast)
+
+        rule_grads, (stats, fast) = grad(objective, has_aux=True)(rule_params)
+        return {**{name: model[name] - fast[name] for name in model}, **rule_grads}, stats

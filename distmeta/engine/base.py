@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["Engine", "LearnerRestored"]
+from distmeta.engine.learner import Learner
+
+__all__ = ["Engine", "LearnerRestored", "checkpoint_params"]
 
 
 class LearnerRestored(Exception):
@@ -50,3 +52,14 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release workers, actors and devices."""
         ...
+
+
+def checkpoint_params(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The meta-parameters in an engine's :meth:`Engine.state_dict` (a checkpoint's
+    ``engine`` entry), on the CPU. Every engine keeps its learner's state under
+    ``learner``.
+
+    Raises:
+        KeyError, TypeError: ``state`` is not an engine state.
+    """
+    return Learner.params_of(state["learner"])

@@ -105,10 +105,19 @@ class Learner:
             },
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        layout = ParamLayout(
+    @staticmethod
+    def params_of(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The named meta-parameters held by a :meth:`state_dict` (read without a learner)."""
+        return Learner._layout_of(state).unflatten(state["theta"])
+
+    @staticmethod
+    def _layout_of(state: dict[str, Any]) -> ParamLayout:
+        return ParamLayout(
             tuple(state["layout"]["names"]), tuple(tuple(s) for s in state["layout"]["shapes"])
         )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        layout = self._layout_of(state)
         if layout != self.layout:
             raise ValueError("checkpoint parameters do not match this experiment's model")
         with torch.no_grad():

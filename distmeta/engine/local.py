@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 from distmeta.config import ExperimentConfig
-from distmeta.engine.experiment import build_experiment
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
 from distmeta.engine.schedule import OuterLRSchedule
+from distmeta.experiment import build_experiment
 
 __all__ = ["LocalEngine"]
 
@@ -37,9 +37,8 @@ class LocalEngine:
 
     def run(self, start: int, stop: int) -> Iterator[dict[str, float]]:
         exp = self.experiment
-        tasks = range(self.config.train.meta_batch_size)
         for step in range(start, stop):
-            batch = exp.source.sample(self.config.seed, step, tasks).to(exp.device)
+            batch = exp.plan.batch(exp.source, step).to(exp.device)
             total = exp.algorithm.meta_gradient_sum(self.learner.params(), batch)
             self.learner.apply(self.layout.flatten(total.mean(exp.dtype)))
             yield total.mean_stats()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from distmeta.tasks.batch import TaskBatch, TaskId
+from distmeta.tasks.plan import MetaBatchPlan
 from distmeta.tasks.sinusoid import Sinusoid
 from distmeta.tasks.source import TaskSource, task_rng
 
@@ -27,6 +28,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FewShotImages",
+    "MetaBatchPlan",
     "Sinusoid",
     "TaskBatch",
     "TaskId",

@@ -4,7 +4,7 @@
 run that tracked it (``tracking.json``), or into a new run of the configured experiment, then
 registers it as the next version of a named model and points an alias at that version.
 ``load_registered_run`` turns ``models:/NAME@alias`` back into a
-:class:`~distmeta.engine.run.Run`, so that evaluation treats it like a run folder.
+:class:`~distmeta.runs.Run`, so that evaluation treats it like a run folder.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from mlflow.entities import Run as MlflowRun
 from mlflow.models import Model
 
 from distmeta.config import config_to_dict
-from distmeta.engine.run import Run, load_run
 from distmeta.engine.rundir import CONFIG_FILE, RunDir
 from distmeta.errors import RunError, TrackingError
+from distmeta.runs import Run, load_run
 from distmeta.tracking import flavor
 from distmeta.tracking.link import read_link
 from distmeta.tracking.provenance import flatten_config, provenance_tags
@@ -195,7 +195,7 @@ def load_registered_run(
     model_uri: str, overrides: list[str] | None = None, tracking_uri: str | None = None
 ) -> Run:
     """The run behind a model exported by distmeta (``models:/NAME@alias``,
-    ``models:/NAME/3``), loaded like a run folder (:func:`~distmeta.engine.run.load_run`).
+    ``models:/NAME/3``), loaded like a run folder (:func:`~distmeta.runs.load_run`).
 
     Args:
         model_uri: The registered (or logged) model.

@@ -21,9 +21,9 @@ from pathlib import Path
 import mlflow
 from mlflow.models import Model
 
-from distmeta.engine.experiment import build_task_source
-from distmeta.engine.run import Run
 from distmeta.engine.rundir import CONFIG_FILE, FINAL_FILE, RunDir
+from distmeta.experiment import build_task_source
+from distmeta.runs import Run
 from distmeta.tracking.pyfunc import AdaptThenPredict, TaskSpec, input_example, model_signature
 
 __all__ = ["TASK_FILE", "requirements", "save_model"]
@@ -44,7 +44,7 @@ def save_model(path: str, mlflow_model: Model, run: Run, run_dir: RunDir) -> Non
     Args:
         path: Where the model goes (must not exist).
         mlflow_model: The model description ``Model.log`` prepared (run and model ids).
-        run: The finished run (:func:`~distmeta.engine.run.load_run`).
+        run: The finished run (:func:`~distmeta.runs.load_run`).
         run_dir: Its folder, whose ``config.yaml`` and ``final.pt`` are copied as they are.
     """
     source = build_task_source(run.config, split="eval")

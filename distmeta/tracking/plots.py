@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distmeta.engine.evaluate import EvalResult
+from distmeta.runs import EvalResult
 
 __all__ = ["plot_adaptation_curve", "plot_learning_curve"]
 

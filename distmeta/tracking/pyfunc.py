@@ -38,9 +38,9 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import AnyType, Array
 
 from distmeta.config import parse_config
-from distmeta.engine.experiment import build_algorithm, build_model, evaluation_config
-from distmeta.engine.run import fit_params
 from distmeta.errors import TrackingError
+from distmeta.experiment import build_algorithm, build_model
+from distmeta.runs import fit_params
 from distmeta.tasks import TaskBatch
 
 __all__ = [
@@ -60,7 +60,7 @@ class TaskSpec:
     """What the model needs to know of a task source to be rebuilt without its data.
 
     It stands in for the source when building the model and the algorithm
-    (:func:`~distmeta.engine.experiment.build_model`, ``build_algorithm``).
+    (:func:`~distmeta.experiment.build_model`, ``build_algorithm``).
     """
 
     kind: str
@@ -194,13 +194,13 @@ class AdaptThenPredict(PythonModel):
     def load_context(self, context) -> None:
         artifacts = context.artifacts
         config = parse_config(yaml.safe_load(Path(artifacts["config"]).read_text()))
-        config = evaluation_config(config)
+        self.inner_lr = config.eval.inner_lr
         self.spec = TaskSpec.from_json(Path(artifacts["task"]).read_text())
         self.dtype = getattr(torch, config.train.dtype)
         self.model = build_model(config, self.spec)
         self.algorithm = build_algorithm(config, self.model, self.spec)
         final = torch.load(artifacts["final"], map_location="cpu", weights_only=True)
-        params = fit_params(self.algorithm, final["params"], "cpu", self.dtype)
+        params = fit_params(self.algorithm, final["params"])
         if params is None:
             raise TrackingError(f"{artifacts['final']} does not fit the model of its task.json")
         self.params = params
@@ -233,6 +233,7 @@ class AdaptThenPredict(PythonModel):
             torch.as_tensor(sx, dtype=self.dtype),
             labels,
             steps=_steps(row, task),
+            inner_lr=self.inner_lr,
         )
         with torch.no_grad():
             output = self.algorithm.forward(fast, torch.as_tensor(qx, dtype=self.dtype))

@@ -19,11 +19,9 @@ import pyarrow.fs as pafs
 from mlflow.entities import Metric
 
 from distmeta.config import ExperimentConfig, config_to_dict
-from distmeta.engine.evaluate import evaluate
-from distmeta.engine.run import load_run
 from distmeta.engine.rundir import CONFIG_FILE, FINAL_FILE, MetricsLog, RunDir
-from distmeta.engine.trainer import TrainResult
 from distmeta.errors import TrackingError
+from distmeta.runs import TrainResult, evaluate, load_run
 from distmeta.tracking.link import TrackingLink, read_link, write_link
 from distmeta.tracking.plots import plot_adaptation_curve, plot_learning_curve
 from distmeta.tracking.provenance import flatten_config, provenance_tags

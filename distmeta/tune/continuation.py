@@ -13,13 +13,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from distmeta.config import ExperimentConfig, TuneConfig
-from distmeta.engine.experiment import build_experiment
 from distmeta.engine.rundir import CONFIG_FILE, RunDir
-from distmeta.engine.trainer import train
 from distmeta.errors import CheckpointError
+from distmeta.runs import train
 from distmeta.tune.space import trial_config
 from distmeta.tune.trainable import TRIAL_TAG, checkpoint_metrics
 
@@ -111,10 +108,9 @@ def continue_best(
             progress=False,
             allow_changes=["algorithm.outer_lr_decay"],
         )
-    experiment = build_experiment(config, torch.device("cpu"))
     return Continuation(
         name,
         result.steps,
-        checkpoint_metrics(experiment, folder, result.steps, val_tasks),
+        checkpoint_metrics(folder, result.steps, val_tasks),
         folder.uri,
     )

@@ -323,9 +323,7 @@ def run_search(
         RunError: ``search_dir`` already holds a search, or no trial reported the metric.
         TrackingError: The MLflow store cannot be used.
     """
-    import ray
-
-    from distmeta.engine.ray_engine.cluster import RayConnection
+    from distmeta.engine import ray_session  # Ray loads only for a search
 
     tune_config = check_search(config)
     plan = plan_search(config)
@@ -348,8 +346,7 @@ def run_search(
             # Trials record in the same store wherever they run (never a path relative to
             # their folder).
             base = set_value(base, "tracking.uri", parent.tracking_uri)
-        connection = None if ray.is_initialized() else RayConnection(config.engine)
-        try:
+        with ray_session(config.engine):
             results = _fit(config, plan, base, trials_dir, parent, progress)
             trials = _summaries(results, plan, config, trials_dir)
             best = _best(trials, plan.metric, plan.mode)
@@ -363,9 +360,6 @@ def run_search(
             steps = sum(t.step for t in trials)
             best, best_config, extra = _continue_best(config, base, best, steps, root, parent)
             steps += extra
-        finally:
-            if connection is not None:
-                connection.close()
         ran = trials if best in trials else [*trials, best]
         _write_trials(root / TRIALS_FILE, ran, list(tune_config.space))
         _write_best(

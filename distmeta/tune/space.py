@@ -23,8 +23,8 @@ from distmeta.config import (
     config_to_dict,
     parse_config,
 )
-from distmeta.engine.experiment import build_task_source
 from distmeta.errors import ConfigError
+from distmeta.experiment import build_task_source
 
 __all__ = [
     "SearchPlan",

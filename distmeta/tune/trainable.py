@@ -16,17 +16,12 @@ from contextlib import nullcontext
 from typing import Any
 
 import pyarrow.fs as pafs
-import torch
 from ray import tune
 
 from distmeta.config import ExperimentConfig, TuneConfig
-from distmeta.engine.evaluate import evaluate
-from distmeta.engine.experiment import Experiment, build_experiment
-from distmeta.engine.layout import ParamLayout
-from distmeta.engine.run import Run
 from distmeta.engine.rundir import CONFIG_FILE, FINAL_FILE, RunDir
-from distmeta.engine.trainer import TrainResult, train
 from distmeta.errors import CheckpointError
+from distmeta.runs import TrainResult, evaluate, load_run, train
 from distmeta.tune.space import trial_config
 
 __all__ = ["RUN_FOLDER", "TRIAL_TAG", "TuneReporter", "checkpoint_metrics", "make_trainable"]
@@ -37,30 +32,11 @@ TRIAL_TAG = "distmeta.tune.trial"
 """MLflow tag naming the Tune trial a child run records."""
 
 
-def checkpoint_metrics(
-    experiment: Experiment, run_dir: RunDir, step: int, tasks: int
-) -> dict[str, float]:
+def checkpoint_metrics(run_dir: RunDir, step: int, tasks: int) -> dict[str, float]:
     """``val_loss`` (and ``val_accuracy``) of the checkpoint of ``step``: the query metrics
     after ``eval.inner_steps`` adaptation steps on ``tasks`` tasks of the evaluation split,
-    exactly as :func:`~distmeta.engine.evaluate.evaluate` measures the finished run."""
-    state = run_dir.load_state(run_dir.checkpoint_name(step))
-    try:
-        learner = state["engine"]["learner"]
-        layout = ParamLayout(
-            tuple(learner["layout"]["names"]),
-            tuple(tuple(shape) for shape in learner["layout"]["shapes"]),
-        )
-        theta = learner["theta"]
-    except (KeyError, TypeError) as error:
-        raise CheckpointError(
-            f"{run_dir.describe(run_dir.checkpoint_name(step))} holds no learner state ({error})"
-        ) from None
-    params = {
-        name: value.to(device=experiment.device, dtype=experiment.dtype)
-        for name, value in layout.unflatten(theta).items()
-    }
-    run = Run(run_dir.uri, experiment.config, experiment.model, params, experiment.algorithm, step)
-    result = evaluate(run, tasks=tasks)
+    exactly as :func:`~distmeta.runs.evaluate` measures the finished run."""
+    result = evaluate(load_run(run_dir.uri, step=step), tasks=tasks)
     metrics = {"val_loss": result.loss[-1]}
     if result.accuracy is not None:
         metrics["val_accuracy"] = result.accuracy[-1]
@@ -84,7 +60,7 @@ def _copy_into(run_dir: RunDir, name: str, folder: str) -> None:
 
 
 class TuneReporter:
-    """A :class:`~distmeta.engine.trainer.TrainingCallback` that reports to Ray Tune.
+    """A :class:`~distmeta.runs.TrainingCallback` that reports to Ray Tune.
 
     Description:
         After each checkpoint it measures the checkpoint's meta-parameters on ``tasks`` tasks
@@ -108,12 +84,10 @@ class TuneReporter:
     def __init__(self, config: ExperimentConfig, tasks: int):
         self.config = config
         self.tasks = tasks
-        self._experiment: Experiment | None = None
         self._last: dict[str, Any] = {}
         self._final: tuple[dict[str, Any], RunDir, int] | None = None
 
     def on_start(self, config: ExperimentConfig, run_dir: RunDir, start_step: int) -> None:
-        self._experiment = build_experiment(config, torch.device("cpu"))
         if start_step >= config.train.steps:
             self.on_checkpoint(start_step, run_dir, run_dir.checkpoint_name(start_step))
 
@@ -121,8 +95,7 @@ class TuneReporter:
         self._last = record
 
     def on_checkpoint(self, step: int, run_dir: RunDir, name: str) -> None:
-        assert self._experiment is not None  # built by on_start
-        metrics: dict[str, Any] = checkpoint_metrics(self._experiment, run_dir, step, self.tasks)
+        metrics: dict[str, Any] = checkpoint_metrics(run_dir, step, self.tasks)
         for field in ("loss", "accuracy"):
             if field in self._last:
                 metrics[f"train_{field}"] = float(self._last[field])

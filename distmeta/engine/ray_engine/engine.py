@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections import deque
 from collections.abc import Iterator
-from itertools import pairwise
 from typing import Any
 
 import ray
 import torch
-from ray.exceptions import (
-    GetTimeoutError,
-    ObjectLostError,
-    RayActorError,
-    RayChannelTimeoutError,
-    RayError,
-)
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError
 
 from distmeta.config import ExperimentConfig, config_to_dict
 from distmeta.engine.base import LearnerRestored
-from distmeta.engine.experiment import build_experiment
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.ray_engine.cluster import RayConnection
-from distmeta.engine.ray_engine.compiled import CompiledSyncSteps
 from distmeta.engine.ray_engine.learner_actor import LearnerActor
 from distmeta.engine.ray_engine.messages import SliceResult, merge_results
 from distmeta.engine.ray_engine.placement import learner_strategy
@@ -32,7 +22,8 @@ from distmeta.engine.ray_engine.pool import WorkerPool
 from distmeta.engine.ray_engine.transport import MEASURED_STEPS, choose_transport, short_steps
 from distmeta.engine.rundir import RunDir
 from distmeta.engine.schedule import OuterLRSchedule
-from distmeta.errors import ClusterError, TaskFailedError
+from distmeta.errors import TaskFailedError
+from distmeta.experiment import build_experiment
 
 __all__ = ["RayEngine"]
 
@@ -40,8 +31,6 @@ _SYNC_STEPS_IN_FLIGHT = 2
 """Sync steps submitted ahead of the one being finished. Ray runs a learner's calls in
 submission order, so step s+1 still reads the parameters after step s; submitting ahead only
 hides the driver's round trip, which decides the speed of small models."""
-
-_WORKER_START_TIMEOUT_S = 300.0
 
 _CHUNK_S = 0.5
 """Seconds of steps the learner runs per call under ``engine.transport: collective``: long
@@ -88,13 +77,6 @@ def _step_metrics(record: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in record.items() if k not in ("applied", "version")}
 
 
-def slice_bounds(batch_size: int, workers: int) -> list[tuple[int, int]]:
-    """Contiguous, near-equal task ranges of a meta-batch, one per worker (none empty)."""
-    parts = min(batch_size, workers)
-    edges = [batch_size * i // parts for i in range(parts + 1)]
-    return list(pairwise(edges))
-
-
 class RayEngine:
     """The ``ray`` engine: sync (one exact outer step per meta-batch) or async (bounded
     staleness), with the learner as a parameter-server actor.
@@ -112,7 +94,8 @@ class RayEngine:
         self.config = config
         self.connection = RayConnection(config.engine)
         try:
-            initial = build_experiment(config, torch.device("cpu")).algorithm.init_params()
+            experiment = build_experiment(config, torch.device("cpu"))
+            initial = experiment.algorithm.init_params()
             self.layout = ParamLayout.of(initial)
             self.learner = (
                 ray.remote(LearnerActor)
@@ -131,12 +114,16 @@ class RayEngine:
                 )
             )
             self.pool = WorkerPool(
-                config.engine, config_to_dict(config), max_in_flight=_SYNC_STEPS_IN_FLIGHT + 1
+                config.engine,
+                config_to_dict(config),
+                max_in_flight=_SYNC_STEPS_IN_FLIGHT + 1,
+                cluster_may_grow=not self.connection.started_here,
             )
-            self.placement = self.pool.wait_ready(timeout=_WORKER_START_TIMEOUT_S)
         except BaseException:
             self.connection.close()
             raise
+        self.bounds = experiment.plan.slices(len(self.pool))
+        """Each worker's slice of a sync step's meta-batch."""
         self.tree_reduction = _use_tree(
             config.engine.reduction, config.engine.workers, self.layout.numel
         )
@@ -145,7 +132,6 @@ class RayEngine:
         self._chunk = 8
         self._generation = 0
         self._group_names: list[str] | None = None
-        self._graph: CompiledSyncSteps | None = None
         self._learner_incarnation = ray.get(self.learner.incarnation.remote())
         self._params_ref: ray.ObjectRef | None = None
         self._next_request = 0
@@ -178,7 +164,6 @@ class RayEngine:
     def close(self) -> None:
         try:
             if ray.is_initialized():
-                self._drop_graph()
                 self.pool.close()
                 ray.kill(self.learner, no_restart=True)
         finally:
@@ -197,12 +182,8 @@ class RayEngine:
             start = measured
         if self.transport == "collective":
             yield from self._run_collective(start, stop)
-            return
-        graph = self._compiled_steps() if self.transport == "compiled" else None
-        if graph is None:
-            yield from self._run_tasks(start, stop)
         else:
-            yield from self._run_compiled(graph, start, stop)
+            yield from self._run_tasks(start, stop)
 
     def _run_collective(self, start: int, stop: int) -> Iterator[dict[str, float]]:
         """Steps the learner runs over the gloo group (:mod:`.collective`), in chunks of
@@ -218,7 +199,6 @@ class RayEngine:
             yield from self._run_tasks(start, stop)
             return
         self._params_ref = None
-        bounds = slice_bounds(self.config.train.meta_batch_size, len(self.pool))
         timeout = self.config.engine.step_timeout_s
         pending: deque[tuple[int, int, ray.ObjectRef]] = deque()
         step, failed = start, None
@@ -228,7 +208,7 @@ class RayEngine:
                 ref = self.learner.drive_steps.remote(
                     self._generation,
                     self.pool.workers,
-                    bounds,
+                    self.bounds,
                     step,
                     step + chunk,
                     names,
@@ -239,7 +219,7 @@ class RayEngine:
             try:
                 records, failure = ray.get(ref, timeout=timeout * (chunk + 1))
             except GetTimeoutError:
-                raise self._stalled(first) from None
+                raise self.pool.stalled(first) from None
             except RayActorError:
                 raise self._learner_restored() from None
             for record in records:
@@ -277,71 +257,6 @@ class RayEngine:
             return None
         return self._group_names
 
-    def _compiled_steps(self) -> CompiledSyncSteps | None:
-        """The run's compiled graph (built once, again after a failure); ``None`` if Ray
-        cannot compile it here, and the steps go as ordinary calls."""
-        if self._graph is None:
-            bounds = slice_bounds(self.config.train.meta_batch_size, len(self.pool))
-            try:
-                self._graph = CompiledSyncSteps(
-                    self.learner,
-                    self.pool.workers,
-                    bounds,
-                    self.config.train.meta_batch_size,
-                    in_flight=_SYNC_STEPS_IN_FLIGHT + 1,
-                    timeout_s=self.config.engine.step_timeout_s,
-                )
-            except Exception as error:  # Ray refuses the graph here: ordinary calls work
-                warnings.warn(
-                    f"sync steps run as ordinary actor calls: Ray could not compile them "
-                    f"({type(error).__name__}: {error})",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                return None
-        return self._graph
-
-    def _drop_graph(self) -> None:
-        graph, self._graph = self._graph, None
-        if graph is not None:
-            # A graph Ray shut down itself after an actor died may refuse its teardown.
-            with contextlib.suppress(RayError):
-                graph.close()
-
-    def _run_compiled(
-        self, graph: CompiledSyncSteps, start: int, stop: int
-    ) -> Iterator[dict[str, float]]:
-        """Steps through the compiled graph, submitted ahead and finished in order.
-
-        A step that fails (a worker died, a task raised) drops the graph; the steps the
-        learner applied meanwhile are reported from its record, and the segment finishes
-        with ordinary calls, which retry and recompute (:meth:`_run_tasks`).
-        """
-        self._params_ref = None
-        timeout = self.config.engine.step_timeout_s
-        pending: deque[Any] = deque()
-        step, done, failed, finished = start, start, None, False
-        try:
-            while done < stop:
-                try:
-                    while step < stop and len(pending) <= _SYNC_STEPS_IN_FLIGHT:
-                        pending.append(graph.submit(step))
-                        step += 1
-                    metrics = ray.get(pending.popleft(), timeout=timeout)
-                except RayChannelTimeoutError:
-                    raise self._stalled(done) from None
-                except RayError:
-                    failed = done
-                    break
-                done += 1
-                yield _step_metrics(metrics)
-            finished = failed is None
-        finally:
-            if not finished:
-                self._drop_graph()
-        if failed is not None:
-            yield from self._after_failed_step(failed, stop)
-
     def _after_failed_step(self, failed: int, stop: int) -> Iterator[dict[str, float]]:
         incarnation = ray.get(self.learner.incarnation.options(max_task_retries=-1).remote())
         if incarnation != self._learner_incarnation:
@@ -359,23 +274,18 @@ class RayEngine:
 
         Ray itself restarts a dead worker and retries its request; a slice can still be
         lost with its node (the result object gone), in which case this step and the ones
-        submitted after it are resubmitted from the learner's current parameters, up to
-        ``engine.max_task_retries`` times per step.
+        submitted after it are resubmitted from the learner's current parameters (the pool
+        fails the run after ``engine.max_task_retries`` losses of one step).
         """
         batch_size = self.config.train.meta_batch_size
-        bounds = slice_bounds(batch_size, len(self.pool))
         params = self._params_ref or self.learner.params.remote()
         self._params_ref = None  # until this segment finishes cleanly
         pending: deque[tuple[int, ray.ObjectRef, list[ray.ObjectRef]]] = deque()
-        failures: dict[int, int] = {}
         step = start
         try:
             while step < stop or pending:
                 while step < stop and len(pending) <= _SYNC_STEPS_IN_FLIGHT:
-                    slices = [
-                        self.pool.submit(w, params, step, lo, hi)
-                        for w, (lo, hi) in enumerate(bounds)
-                    ]
+                    slices = self.pool.submit_slices(params, step, self.bounds)
                     merged = self._reduce(slices)
                     metrics, params = self.learner.apply_sync.remote(step, batch_size, *merged)
                     pending.append((step, metrics, slices))
@@ -384,12 +294,7 @@ class RayEngine:
                 try:
                     yield self._finish_sync(done, metrics_ref, slices)
                 except _SliceLost as lost:
-                    failures[done] = failures.get(done, 0) + 1
-                    if failures[done] > self.config.engine.max_task_retries:
-                        raise TaskFailedError(
-                            (self.config.seed, done, 0),
-                            f"a slice of step {done} was lost {failures[done]} times ({lost})",
-                        ) from None
+                    self.pool.slice_lost(done, str(lost))
                     pending.clear()
                     self.pool.forget_all()
                     params, step = self.learner.params.remote(), done
@@ -403,7 +308,7 @@ class RayEngine:
         try:
             metrics = ray.get(metrics_ref, timeout=self.config.engine.step_timeout_s)
         except GetTimeoutError:
-            raise self._stalled(step) from None
+            raise self.pool.stalled(step) from None
         except TaskFailedError as error:
             raise TaskFailedError(error.task, error.reason) from None
         except RayActorError as error:
@@ -416,18 +321,9 @@ class RayEngine:
             self.pool.complete(slices)
         return _step_metrics(metrics)
 
-    def _stalled(self, step: int) -> ClusterError:
-        silent = [i for i, healthy in enumerate(self.pool.health()) if not healthy]
-        return ClusterError(
-            f"step {step} waited {self.config.engine.step_timeout_s:g} s (engine.step_timeout_s); "
-            f"workers {silent or 'all answer, the learner does not'} are not answering: can the "
-            "cluster still host engine.workers workers with engine.worker_resources?"
-        )
-
     def _learner_restored(self) -> LearnerRestored:
         """Wait for Ray to restart the learner; it restores the newest checkpoint."""
         self.pool.forget_all()
-        self._drop_graph()
         self._group_names = None  # the restarted learner is in no group
         self._params_ref = None
         version = ray.get(self.learner.version.options(max_task_retries=-1).remote())
@@ -461,20 +357,20 @@ class RayEngine:
         params = self._params_ref or self.learner.params.remote()
         version = start
         for worker in self.pool.idle_workers():
-            self.pool.submit(worker, params, self._next_request, 0, batch, tag=self._next_request)
+            self.pool.submit(worker, params, self._next_request, 0, batch)
             self._next_request += 1
         while version < stop:
-            ref, worker, _ = self.pool.wait_any(timeout=self.config.engine.step_timeout_s)
+            ref, worker = self.pool.wait_any(timeout=self.config.engine.step_timeout_s)
             if ref is None:
-                raise self._stalled(version)
+                raise self.pool.stalled(version)
             outcome_ref, params = self.learner.apply_async.remote(ref, max_staleness)
             self._params_ref = params
-            self.pool.submit(worker, params, self._next_request, 0, batch, tag=self._next_request)
+            self.pool.submit(worker, params, self._next_request, 0, batch)
             self._next_request += 1
             try:
                 outcome = ray.get(outcome_ref, timeout=self.config.engine.step_timeout_s)
             except GetTimeoutError:
-                raise self._stalled(version) from None
+                raise self.pool.stalled(version) from None
             except TaskFailedError as error:
                 raise TaskFailedError(error.task, error.reason) from None
             except RayActorError as error:

@@ -81,16 +81,6 @@ class LearnerActor:
         """Differs after Ray restarted this actor (and it restored a checkpoint)."""
         return self.incarnation_id
 
-    def step_params(self, step: int) -> ParamsMessage:
-        """The parameters step ``step`` reads: the current ones (a compiled graph's first
-        node; the learner runs its nodes in step order, so they follow step ``step - 1``)."""
-        return self._message()
-
-    def apply_step(self, step: int, batch_size: int, *results: SliceResult) -> dict[str, Any]:
-        """:meth:`apply_sync` without the new parameters (a compiled graph's last node)."""
-        metrics, _ = self._apply_sync(step, batch_size, results)
-        return metrics
-
     def step_metrics(self, step: int) -> dict[str, Any] | None:
         """The metrics of applied step ``step``, if it is among the last few."""
         return self._recent.get(step)

@@ -9,9 +9,12 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from distmeta.algorithms.gradient import two_sum
+from distmeta.algorithms.gradient import GradientSum
 
 __all__ = ["ParamsMessage", "SliceResult", "merge_results"]
+
+_FLAT = "flat"
+"""The one entry of a slice's sum as a :class:`GradientSum`: all parameters, flattened."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ class SliceResult:
     def mean_stats(self) -> dict[str, float]:
         return {name: value / self.count for name, value in self.stats.items()}
 
+    def gradient_sum(self) -> GradientSum:
+        """The sum as a :class:`GradientSum` of one flat tensor (views of the arrays, which
+        results read from Ray hold read-only: only read)."""
+        return GradientSum(
+            {_FLAT: _read_only(self.grad_sum)},
+            {_FLAT: _read_only(self.residual)},
+            self.count,
+            dict(self.stats),
+        )
+
 
 def _read_only(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
@@ -60,7 +73,8 @@ def _read_only(array: np.ndarray) -> torch.Tensor:
 
 
 def merge_results(results: list[SliceResult]) -> SliceResult:
-    """One result for adjacent slices of the same step and version, added exactly.
+    """One result for adjacent slices of the same step and version, added exactly
+    (:meth:`~distmeta.algorithms.gradient.GradientSum.total`, the one exact sum).
 
     Exact addition makes the merged sum independent of the grouping, so the learner may
     add all slices itself or receive them pre-merged by a reduction tree and apply the
@@ -76,22 +90,14 @@ def merge_results(results: list[SliceResult]) -> SliceResult:
             )
     if len(ordered) == 1:
         return first
-    total = torch.from_numpy(first.grad_sum.copy())
-    residual = torch.from_numpy(first.residual.copy())
-    stats = dict(first.stats)
-    for result in ordered[1:]:
-        # Results read from Ray are read-only arrays; they are only read here.
-        total, error = two_sum(total, _read_only(result.grad_sum))
-        residual = residual + _read_only(result.residual) + error
-        for name, value in result.stats.items():
-            stats[name] += value
+    total = GradientSum.total(result.gradient_sum() for result in ordered)
     return SliceResult(
         first.step,
         first.start,
         ordered[-1].stop,
         first.version,
-        total.numpy(),
-        residual.numpy(),
-        stats,
+        total.grads[_FLAT].numpy(),
+        total.residuals[_FLAT].numpy(),
+        total.stats,
         max(r.compute_s for r in ordered),
     )

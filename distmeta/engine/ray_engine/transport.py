@@ -3,9 +3,9 @@
 ``tasks``: ordinary actor calls through the object store, a few milliseconds per step, which
 steps of a second (the Omniglot Conv4) do not notice. ``collective``: the learner runs chunks
 of steps over a gloo group (:mod:`.collective`), a fraction of a millisecond of communication
-per step, for models whose steps compute in milliseconds (the sinusoid MLP). ``compiled``: a
-Ray Compiled Graph (:mod:`.compiled`), whose driver polls for results (measured slower than
-``collective`` on 2 cores, BENCHMARKS.md); only on request.
+per step, for models whose steps compute in milliseconds (the sinusoid MLP). A Ray Compiled
+Graph was measured too and lost to the gloo group on 2 cores (its driver polls for results:
+5.46 against 4.02 ms per sinusoid step, BENCHMARKS.md), so it is not offered.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _SHORT_MAX_STEP_S = 0.05
 """Longest median compute per step for which ``auto`` moves to ``collective``: below it the
 milliseconds of actor calls per step are a large share of the step (BENCHMARKS.md)."""
 
-Transport = Literal["tasks", "collective", "compiled", "measure"]
+Transport = Literal["tasks", "collective", "measure"]
 
 
 def choose_transport(engine: EngineConfig, parameters: int, tree_reduction: bool) -> Transport:

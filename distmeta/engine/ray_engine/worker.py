@@ -12,10 +12,11 @@ import ray
 import torch
 
 from distmeta.config import parse_config
-from distmeta.engine.experiment import build_experiment
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.ray_engine.collective import GroupAddress, WorkerChannel, connect
 from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult
+from distmeta.errors import ClusterError
+from distmeta.experiment import build_experiment
 
 __all__ = ["TaskWorker"]
 
@@ -24,7 +25,8 @@ class TaskWorker:
     """Rebuilds tasks from ``(seed, step, index)`` and runs their batched inner loops.
 
     It never receives tasks: only the parameters (an object-store reference, read zero-copy)
-    and the names of its tasks. With a GPU among its Ray resources it computes on CUDA.
+    and the names of its tasks. With a GPU among its Ray resources it computes on CUDA (and
+    refuses to start if torch there sees none).
 
     Args:
         config: The experiment config as plain data (``config_to_dict``).
@@ -36,8 +38,13 @@ class TaskWorker:
         self.index = index
         resources = self.config.engine.worker_resources
         torch.set_num_threads(max(1, math.floor(resources.num_cpus)))
-        use_cuda = resources.num_gpus > 0 and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        if resources.num_gpus > 0 and not torch.cuda.is_available():
+            raise ClusterError(
+                f"engine.worker_resources: num_gpus {resources.num_gpus:g}, but torch in the "
+                "task worker sees no CUDA device (a CPU build of torch, or no GPU on its node): "
+                "set num_gpus: 0 or install torch for the GPU"
+            )
+        self.device = torch.device("cuda" if resources.num_gpus > 0 else "cpu")
         self.experiment = build_experiment(self.config, self.device)
         self.layout = ParamLayout.of(self.experiment.algorithm.init_params())
         self._channel: WorkerChannel | None = None
@@ -60,7 +67,7 @@ class TaskWorker:
             warnings.simplefilter("ignore", UserWarning)
             flat = torch.from_numpy(params.flat)
         theta = self.layout.unflatten(flat.to(self.device, exp.dtype))
-        batch = exp.source.sample(self.config.seed, step, range(start, stop)).to(self.device)
+        batch = exp.plan.batch(exp.source, step, start, stop).to(self.device)
         total = exp.algorithm.meta_gradient_sum(theta, batch)
         grad_sum = self.layout.flatten(total.grads).cpu().numpy()
         residual = self.layout.flatten(total.residuals).cpu().numpy()
@@ -74,7 +81,7 @@ class TaskWorker:
         names of the metrics this worker's slices report, in the order it sends them."""
         self._channel = None
         group = connect(address, rank, timeout_s)
-        probe = self.experiment.source.sample(self.config.seed, 0, range(1))
+        probe = self.experiment.plan.batch(self.experiment.source, 0, 0, 1)
         names = list(self.experiment.algorithm.stat_names(probe))
         self._channel = WorkerChannel(group, address.generation, self.layout.numel, names)
         return names

@@ -21,11 +21,11 @@ from rich.progress import (
 )
 
 from distmeta.config import ExperimentConfig, config_to_dict, parse_config
-from distmeta.engine.base import Engine, LearnerRestored
+from distmeta.engine import Engine, LearnerRestored, build_engine
 from distmeta.engine.rundir import MetricsLog, RunDir
 from distmeta.errors import ConfigError, RunError
 
-__all__ = ["TrainResult", "TrainingCallback", "build_engine", "default_run_dir", "train"]
+__all__ = ["TrainResult", "TrainingCallback", "default_run_dir", "train"]
 
 # Sections a resumed run may change: how long it runs, where it runs, where it is recorded.
 _RESUMABLE_CHANGES = {"train.steps", "engine", "tracking"}
@@ -60,17 +60,6 @@ class TrainResult:
 def default_run_dir(config: ExperimentConfig) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return str(Path("runs") / f"{config.task.name}-{config.algorithm.name}-{stamp}")
-
-
-def build_engine(config: ExperimentConfig, run_dir: RunDir) -> Engine:
-    """The engine named by ``engine.name``."""
-    if config.engine.name == "local":
-        from distmeta.engine.local import LocalEngine
-
-        return LocalEngine(config)
-    from distmeta.engine.ray_engine import RayEngine
-
-    return RayEngine(config, run_dir)
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

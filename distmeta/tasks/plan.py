@@ -1,0 +1,61 @@
+"""Which tasks make step t's meta-batch: decided here, asked by every engine and transport.
+
+A task is named by ``(seed, step, index)`` and any process can rebuild it, so a worker is
+told only a step and a range of indices. The local engine asks the plan for the whole
+meta-batch; a Ray worker for its slice of it; an asynchronous request for a whole
+meta-batch named by its request number. A stream, whose task at time t depends on t, needs a
+different plan, not a different engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+from distmeta.tasks.batch import TaskBatch, TaskId
+from distmeta.tasks.source import TaskSource
+
+__all__ = ["MetaBatchPlan"]
+
+
+@dataclass(frozen=True)
+class MetaBatchPlan:
+    """Step ``t``'s meta-batch is the tasks ``(seed, t, 0..meta_batch_size-1)`` of a source.
+
+    Args:
+        seed: The run's seed.
+        meta_batch_size: Tasks per step.
+    """
+
+    seed: int
+    meta_batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be positive, got {self.meta_batch_size}")
+
+    def task_ids(self, step: int, start: int = 0, stop: int | None = None) -> list[TaskId]:
+        """The names of tasks ``start..stop-1`` of step ``step`` (default: all of them)."""
+        stop = self.meta_batch_size if stop is None else stop
+        if not 0 <= start < stop <= self.meta_batch_size:
+            raise ValueError(
+                f"tasks {start}..{stop - 1} are not a part of a meta-batch of "
+                f"{self.meta_batch_size}"
+            )
+        return [(self.seed, step, index) for index in range(start, stop)]
+
+    def batch(
+        self, source: TaskSource, step: int, start: int = 0, stop: int | None = None
+    ) -> TaskBatch:
+        """Tasks ``start..stop-1`` of step ``step``'s meta-batch, sampled from ``source``."""
+        ids = self.task_ids(step, start, stop)
+        return source.sample(self.seed, step, [index for _, _, index in ids])
+
+    def slices(self, workers: int) -> list[tuple[int, int]]:
+        """Contiguous, near-equal task ranges ``[start, stop)`` of a meta-batch, one per
+        worker (at most one per task, none empty)."""
+        if workers < 1:
+            raise ValueError(f"workers must be positive, got {workers}")
+        parts = min(self.meta_batch_size, workers)
+        edges = [self.meta_batch_size * i // parts for i in range(parts + 1)]
+        return list(pairwise(edges))
