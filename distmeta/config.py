@@ -69,13 +69,17 @@ class SinusoidTaskConfig(_Section):
     """Sinusoid regression (MAML paper): y = A sin(x - phase)."""
 
     name: Literal["sinusoid"] = "sinusoid"
+    """The task source: sinusoid regression."""
     shots: PositiveInt = 10
     """Support points per task (K)."""
     query: PositiveInt = 10
     """Query points per task during meta-training."""
     amplitude: tuple[PositiveFloat, PositiveFloat] = (0.1, 5.0)
+    """Range of the amplitude A, drawn uniformly per task."""
     phase: tuple[float, float] = (0.0, math.pi)
+    """Range of the phase, drawn uniformly per task."""
     x_range: tuple[float, float] = (-5.0, 5.0)
+    """Range of the inputs, drawn uniformly per point."""
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> SinusoidTaskConfig:
@@ -94,10 +98,12 @@ class FewShotTaskConfig(_Section):
     """
 
     name: Literal["fewshot"] = "fewshot"
+    """The task source: N-way K-shot image classification."""
     path: str = Field(min_length=1)
     """A prepared ``.arrow`` file or its folder (``distmeta data prepare``), relative to the
     working directory."""
     ways: PositiveInt = 5
+    """Classes per task (N)."""
     shots: PositiveInt = 1
     """Support images per class (K)."""
     query: PositiveInt = 15
@@ -131,14 +137,18 @@ class MLPConfig(_Section):
     """A ReLU multi-layer perceptron; input and output sizes come from the task."""
 
     name: Literal["mlp"] = "mlp"
+    """The network: a ReLU multi-layer perceptron."""
     hidden: tuple[PositiveInt, ...] = (40, 40)
+    """Widths of the hidden layers."""
 
 
 class Conv4Config(_Section):
     """The MAML paper's 4-block convolutional network; channels and ways come from the task."""
 
     name: Literal["conv4"] = "conv4"
+    """The network: four conv blocks and a linear head."""
     hidden: PositiveInt = 64
+    """Filters per convolution (64 for Omniglot, 32 for mini-ImageNet)."""
 
 
 ModelConfig = Annotated[MLPConfig | Conv4Config, Field(discriminator="name")]
@@ -150,6 +160,7 @@ class OuterLRDecay(_Section):
     lets a run be extended from any checkpoint before ``start`` with the same result."""
 
     shape: Literal["cosine", "linear"] = "cosine"
+    """How the rate falls from ``start`` to ``train.steps``."""
     start: NonNegativeInt = 0
     """The first step with a lower rate; earlier steps use ``outer_lr``."""
     final: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
@@ -206,15 +217,20 @@ class AlgorithmConfig(_Section):
 
 class TrainConfig(_Section):
     steps: PositiveInt = 70_000
+    """Outer steps (meta-batches) of the whole run."""
     meta_batch_size: PositiveInt = 25
+    """Tasks per outer step."""
     checkpoint_every: PositiveInt = 1_000
+    """Steps between checkpoints (a resumed run continues from the newest)."""
     log_every: PositiveInt = 100
     """Steps between metric records (metrics.jsonl and the tracker)."""
     dtype: Literal["float32", "float64"] = "float32"
+    """Floating-point type of parameters and tasks."""
 
 
 class EvalConfig(_Section):
     tasks: PositiveInt = 1_000
+    """Fresh tasks ``distmeta eval`` measures."""
     shots: PositiveInt | None = None
     """Support points (per class for classification) of evaluation tasks; ``None`` keeps
     ``task.shots``. Reptile trains with more shots than it is evaluated on."""
@@ -238,6 +254,7 @@ class EvalConfig(_Section):
 
 class WorkerResources(_Section):
     num_cpus: PositiveFloat = 1.0
+    """CPUs each task worker reserves (its torch threads: the whole part)."""
     num_gpus: NonNegativeFloat = 0.0
     """A worker with a GPU computes on CUDA."""
     resources: dict[str, NonNegativeFloat] = Field(default_factory=dict)
@@ -246,11 +263,15 @@ class WorkerResources(_Section):
 
 class EngineConfig(_Section):
     name: Literal["local", "ray"] = "local"
+    """``local`` (one process, the default) or ``ray`` (task workers and a learner actor)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device of the local engine; Ray workers use CUDA exactly when they hold a GPU."""
     workers: PositiveInt = 2
+    """Task-worker actors of the ray engine."""
     worker_resources: WorkerResources = WorkerResources()
+    """What Ray reserves for each task worker."""
     mode: Literal["sync", "async"] = "sync"
+    """``sync`` (one exact step per meta-batch) or ``async`` (bounded staleness)."""
     max_staleness: NonNegativeInt = 2
     """Async mode: results computed on parameters more than this many versions old are
     rejected."""
@@ -277,11 +298,14 @@ class EngineConfig(_Section):
 
 class TrackingConfig(_Section):
     enabled: bool = True
+    """Record the run in MLflow."""
     uri: str | None = None
     """MLflow tracking URI; ``None`` is ``MLFLOW_TRACKING_URI`` when set, else
     ``sqlite:///<cwd>/mlflow.db`` (artifacts in ``<cwd>/mlartifacts``)."""
     experiment: str = Field("distmeta", min_length=1)
+    """MLflow experiment of the run."""
     run_name: str | None = None
+    """MLflow run name; ``None`` lets MLflow choose one."""
 
 
 class SearchDimension(_Section):
@@ -293,9 +317,13 @@ class SearchDimension(_Section):
     """
 
     type: Literal["uniform", "loguniform", "randint", "choice", "grid"]
+    """How the value is drawn."""
     low: float | None = None
+    """Lower bound (``uniform``, ``loguniform``, ``randint``)."""
     high: float | None = None
+    """Upper bound (exclusive for ``randint``)."""
     values: list[Any] | None = None
+    """The candidates of ``choice`` and ``grid``."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchDimension:
@@ -334,6 +362,7 @@ class TrialResources(_Section):
     """Fractions let several trials share a core (the trial mostly waits on its workers with
     the Ray engine)."""
     num_gpus: NonNegativeFloat = 0.0
+    """GPUs reserved for a trial's own process."""
 
 
 class ASHAConfig(_Section):
@@ -386,13 +415,17 @@ class TuneConfig(_Section):
     report_every: PositiveInt = 1_000
     """Training steps between reports (each with a checkpoint and a validation)."""
     val_tasks: PositiveInt = 100
+    """Validation tasks measured at each report."""
     max_concurrent_trials: PositiveInt | None = None
     """``None``: as many as the cluster's free resources hold."""
     trial_resources: TrialResources = TrialResources()
+    """What each trial reserves for its own process."""
     seed: NonNegativeInt = 0
     """Seed of the search algorithm (not of the trials' training, which is ``seed``)."""
     asha: ASHAConfig = ASHAConfig()
+    """Settings of the ``asha`` scheduler."""
     pbt: PBTConfig = PBTConfig()
+    """Settings of the ``pbt`` scheduler."""
     continue_best: ContinueBest | None = None
     """``None``: the search ends with its trials."""
 
@@ -419,13 +452,21 @@ class ExperimentConfig(_Section):
     """One experiment: what to learn, how, where it runs and where it is recorded."""
 
     seed: NonNegativeInt = 0
+    """Seed of the initial weights and of every task ``(seed, step, index)``."""
     task: TaskConfig = SinusoidTaskConfig()
+    """What the tasks are (the task source)."""
     model: ModelConfig = MLPConfig()
+    """The network."""
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    """The meta-learning algorithm, its inner rule and outer optimizer."""
     train: TrainConfig = TrainConfig()
+    """How long and in what batches meta-training runs."""
     eval: EvalConfig = EvalConfig()
+    """How ``distmeta eval`` (and Tune's validation) measures a run."""
     engine: EngineConfig = EngineConfig()
+    """Where steps run: this process or a Ray cluster."""
     tracking: TrackingConfig = TrackingConfig()
+    """Where the run is recorded (MLflow)."""
     tune: TuneConfig | None = None
     """A hyperparameter search (``distmeta tune``); training ignores it."""
 
