@@ -201,21 +201,25 @@ def test_jobs_status_logs_and_stop_follow_a_running_job(ray_head, tmp_path):
     config = {
         "task": {"shots": 5, "query": 5},
         "model": {"hidden": [8]},
-        "train": {"steps": 10_000_000, "meta_batch_size": 2, "log_every": 100},
+        "train": {"steps": 100_000, "meta_batch_size": 2, "log_every": 100},  # ends by itself
         "tracking": {"enabled": False},
     }
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
     done = _submit(ray_head, tmp_path, "long.yaml", "--set", "algorithm.execution=loop")
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().splitlines()[0]
-    assert _status_becomes(ray_head, job_id, {"RUNNING"}) == "RUNNING"
-    deadline = time.monotonic() + 120
-    while "step 100: time" not in (logs := _jobs(ray_head, "logs", job_id).stdout):
-        assert time.monotonic() < deadline, logs
-        time.sleep(1)
-    stopped = _jobs(ray_head, "stop", job_id)
-    assert stopped.returncode == 0 and stopped.stdout.strip() == "stopping"
-    assert _status_becomes(ray_head, job_id, {"STOPPED"}) == "STOPPED"
+    try:
+        assert _status_becomes(ray_head, job_id, {"RUNNING"}) == "RUNNING"
+        deadline = time.monotonic() + 120
+        while "step 100: time" not in (logs := _jobs(ray_head, "logs", job_id).stdout):
+            assert time.monotonic() < deadline, logs
+            time.sleep(1)
+        stopped = _jobs(ray_head, "stop", job_id)
+        assert stopped.returncode == 0 and stopped.stdout.strip() == "stopping"
+        assert _status_becomes(ray_head, job_id, {"STOPPED"}) == "STOPPED"
+    finally:  # the job's driver outlives the head's process group: never leave it running
+        _jobs(ray_head, "stop", job_id)
+        _status_becomes(ray_head, job_id, {"STOPPED", "SUCCEEDED", "FAILED"})
     again = _jobs(ray_head, "stop", job_id)
     assert again.returncode == 0 and again.stdout.strip() == "already ended"
     unknown = _jobs(ray_head, "status", "raysubmit_nosuchjob")
