@@ -304,7 +304,7 @@ class MetaAlgorithm(ABC):
         device = next(iter(meta.values())).device
         one_task = partial(self._one_task, meta, batch)
         try:
-            if self._resolved_execution(device) == "vmap":
+            if self.resolved_execution(device) == "vmap":
                 total, stats = self._vmapped_sum(meta, batch)
             else:
                 total, stats = self._looped_sum(meta, batch, one_task, device)
@@ -338,7 +338,7 @@ class MetaAlgorithm(ABC):
         def curve(meta, sx, sy, qx, qy):
             return self._task_curve(meta, sx, sy, qx, qy, steps, rule)
 
-        if self._resolved_execution(device) == "vmap":
+        if self.resolved_execution(device) == "vmap":
             return vmap(curve, in_dims=(None, 0, 0, 0, 0), chunk_size=self.vmap_chunk_size)(
                 meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y
             )
@@ -347,7 +347,9 @@ class MetaAlgorithm(ABC):
 
     # --- batching over tasks ---------------------------------------------------------------
 
-    def _resolved_execution(self, device: torch.device) -> Literal["loop", "vmap"]:
+    def resolved_execution(self, device: torch.device) -> Literal["loop", "vmap"]:
+        """How the tasks of a batch on ``device`` run: ``execution``, or what ``auto``
+        chooses there (:func:`~distmeta.algorithms.execution.choose_execution`)."""
         if self.execution == "auto":
             return choose_execution(self.model, device)
         return self.execution

@@ -116,7 +116,8 @@ class WorkerPool:
         """Times Ray restarted each worker, as seen by the probes (:meth:`health`)."""
         self._losses: Counter[int] = Counter()
         self.placement = self._wait_ready(engine.step_timeout_s)
-        """Where each worker runs (``index``, ``device``, ``node``, ``pid``)."""
+        """Where each worker runs and how (``index``, ``device``, ``execution``, ``node``,
+        ``pid``)."""
 
     def __len__(self) -> int:
         return len(self.workers)

@@ -50,12 +50,28 @@ class TaskWorker:
         self._channel: WorkerChannel | None = None
 
     def ready(self) -> dict[str, Any]:
-        """Where this worker runs (answers once the actor is constructed)."""
+        """Where this worker runs and how it runs its tasks there (``loop`` or ``vmap``,
+        chosen for its device as the local engine chooses for its own); answers once the
+        actor is constructed."""
         return {
             "index": self.index,
             "device": str(self.device),
+            "execution": self.experiment.algorithm.resolved_execution(self.device),
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
+        }
+
+    def device_memory(self) -> dict[str, int] | None:
+        """Bytes of its GPU that torch in this worker holds in tensors now (``allocated``),
+        at most since the worker started (``peak``) and in its cache (``reserved``);
+        ``None`` on a CPU. What a share of a GPU (``engine.worker_resources.num_gpus``
+        below 1) must leave room for: Ray divides GPUs between workers, not their memory."""
+        if self.device.type != "cuda":
+            return None
+        return {
+            "allocated": torch.cuda.memory_allocated(self.device),
+            "peak": torch.cuda.max_memory_allocated(self.device),
+            "reserved": torch.cuda.memory_reserved(self.device),
         }
 
     def compute(self, params: ParamsMessage, step: int, start: int, stop: int) -> SliceResult:
