@@ -13,12 +13,17 @@
 #   4. run.sh with that environment's python and --tiny; the results land in $DRY/out.
 # Run from the project's activated environment (after . ../shared/offline-env.sh):
 #   bash benchmarks/gpu/cpu_dry_run.sh [DRY, default /tmp/distmeta-gpu-dry]
-# Settings: PY312 (a CPython 3.12; default python3.12 on PATH), SKIP_PACK=1 (reuse
+# Settings: PY312 (a CPython 3.12; default python3.12 on PATH or pyenv's), SKIP_PACK=1 (reuse
 # $DRY/carry).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DRY=${1:-/tmp/distmeta-gpu-dry}
-PY312=${PY312:-$(command -v python3.12 || true)}
+if [ -z "${PY312:-}" ]; then  # the first CPython 3.12 that runs (a pyenv shim may not)
+  for candidate in python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12; do
+    if "$candidate" -c '' 2>/dev/null; then PY312=$candidate; break; fi
+  done
+fi
+PY312=${PY312:-}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$DRY"
 began=$SECONDS

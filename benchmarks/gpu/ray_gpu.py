@@ -69,9 +69,10 @@ MODES = ("sync", "async")
 MIB = 2**20
 EQUAL_WITHIN = 1e-3
 """Largest difference from the local engine's parameters, over the norm of the local
-engine's whole update, that counts as float rounding. Exact on a CPU (the engines agree bit
-for bit); on CUDA the workers' smaller batches can take other cuDNN algorithms, whose
-convolutions run in TF32 by default (``cudnn_allow_tf32`` in env.json)."""
+engine's whole update, that counts as float rounding. On a CPU the CPU dry run found the
+engines bit for bit equal but for the sinusoid on 4 workers (1.8e-7: the workers' sums
+added in another order); on CUDA the workers' smaller batches can also take other cuDNN
+algorithms, whose convolutions run in TF32 by default (``cudnn_allow_tf32`` in env.json)."""
 
 
 @dataclass(frozen=True)
@@ -459,7 +460,9 @@ def main() -> None:
     print(f"\n{info['device']}, {time.perf_counter() - began:.0f} s\n{table}")
     failed = [e for e in entries if "error" in e]
     unequal = [
-        e for e in entries if e.get("params_expected_equal") and e["params_diff_over_update"] > 1e-3
+        e
+        for e in entries
+        if e.get("params_expected_equal") and e["params_diff_over_update"] > EQUAL_WITHIN
     ]
     if failed or unequal:
         raise SystemExit(f"{len(failed)} runs failed, {len(unequal)} differ from the local engine")
