@@ -184,6 +184,11 @@ class AlgorithmConfig(_Section):
     """Step size of the inner loop (``metasgd``: the initial value of its learned rates)."""
     inner_steps: PositiveInt = 1
     """Inner-loop steps per task during meta-training."""
+    step_loss_weights: tuple[NonNegativeFloat, ...] | None = None
+    """MAML's meta-loss as a weighted mean of the query losses after every inner step, one
+    weight per step (MAML++'s multi-step loss); ``None``: the loss after the last step. Holds
+    every step to account, so the learned start is one the rate can descend for more steps
+    than it was trained with (the sinusoid study in BENCHMARKS.md)."""
     outer_lr: PositiveFloat = 0.001
     """Learning rate of the outer optimizer."""
     outer_optimizer: Literal["adam", "sgd"] = "adam"
@@ -203,6 +208,24 @@ class AlgorithmConfig(_Section):
     compile: bool = False
     """``torch.compile`` the vectorised batch: tens of seconds once per process, several times
     faster steps for small models on long runs."""
+
+    @model_validator(mode="after")
+    def _one_weight_per_step(self) -> AlgorithmConfig:
+        weights = self.step_loss_weights
+        if weights is None:
+            return self
+        if self.name == "reptile":
+            raise ValueError(
+                "step_loss_weights weigh MAML's query losses; reptile has no query loss"
+            )
+        if len(weights) != self.inner_steps:
+            raise ValueError(
+                f"step_loss_weights needs one weight per inner step: inner_steps is "
+                f"{self.inner_steps}, got {len(weights)} weights"
+            )
+        if sum(weights) <= 0:
+            raise ValueError("step_loss_weights must not all be zero")
+        return self
 
     @field_validator("name", mode="before")
     @classmethod

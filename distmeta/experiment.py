@@ -165,12 +165,15 @@ MODELS: dict[str, Callable[[Any, TaskShape], nn.Module]] = {"mlp": _mlp, "conv4"
 
 # --- algorithms and inner rules -----------------------------------------------------------
 
-ALGORITHMS: dict[str, Callable[..., MetaAlgorithm]] = {
-    "maml": MAML,
-    "fomaml": partial(MAML, first_order=True),
-    "reptile": Reptile,
+ALGORITHMS: dict[str, Callable[[AlgorithmConfig], Callable[..., MetaAlgorithm]]] = {
+    "maml": lambda spec: partial(MAML, step_loss_weights=spec.step_loss_weights),
+    "fomaml": lambda spec: partial(
+        MAML, first_order=True, step_loss_weights=spec.step_loss_weights
+    ),
+    "reptile": lambda spec: Reptile,
 }
-"""``algorithm.name`` -> the algorithm (called with the model, the loss and the options)."""
+"""``algorithm.name`` -> the algorithm's constructor with the options only it takes (called
+then with the model, the loss and the options every algorithm takes)."""
 
 INNER_RULES: dict[str, Callable[[AlgorithmConfig], InnerRule]] = {
     "sgd": lambda spec: SGDRule(spec.inner_lr),
@@ -201,7 +204,7 @@ def build_model(config: ExperimentConfig, tasks: TaskShape) -> nn.Module:
 def build_algorithm(config: ExperimentConfig, model: nn.Module, tasks: TaskShape) -> MetaAlgorithm:
     """The configured algorithm with its inner rule, for ``model`` and the loss of ``tasks``."""
     spec = config.algorithm
-    make = _registered(ALGORITHMS, spec.name, "algorithm.name")
+    make = _registered(ALGORITHMS, spec.name, "algorithm.name")(spec)
     rule = _registered(INNER_RULES, spec.inner_rule, "algorithm.inner_rule")(spec)
     try:
         # The schema checked every field but zero_init, whose names only the model knows.

@@ -95,6 +95,19 @@ def test_the_algorithm_and_its_inner_rule_are_separate_choices():
         parse_config({"algorithm": {"inner_rule": "metasgd"}, "eval": {"inner_lr": 0.1}})
 
 
+def test_step_loss_weights_need_one_weight_per_step_and_a_query_loss():
+    config = parse_config({"algorithm": {"inner_steps": 2, "step_loss_weights": [1, 1]}})
+    from distmeta.experiment import build_experiment
+
+    assert build_experiment(config).algorithm.step_loss_weights == (0.5, 0.5)
+    with pytest.raises(ConfigError, match="inner_steps is 2, got 3 weights"):
+        parse_config({"algorithm": {"inner_steps": 2, "step_loss_weights": [1, 1, 1]}})
+    with pytest.raises(ConfigError, match="reptile has no query loss"):
+        parse_config({"algorithm": {"name": "reptile", "inner_steps": 1, "step_loss_weights": [1]}})
+    with pytest.raises(ConfigError, match="must not all be zero"):
+        parse_config({"algorithm": {"step_loss_weights": [0]}})
+
+
 def test_an_unregistered_name_is_a_config_error_naming_the_field():
     """The schema admits only registered names; a section built around it (model_construct)
     still meets the registry's own check, never an implicit default."""
