@@ -189,44 +189,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _stream_table(report: StreamReport) -> Table:
-    """One row per learner: online loss overall and per mode (accuracy for classification),
-    recovery, regret and switch detection, each mean with its 95 % interval over seeds."""
-    seeds = len(report.seeds)
+    """One row per learner: online loss (accuracy for classification) overall, with its 95 %
+    interval over seeds, and per mode; recovery steps, regret and switch detection F1."""
+    spec = report.config.stream
     table = Table(
-        title=f"online {report.config.stream.name} stream, {seeds} seed(s), "
-        f"{report.config.stream.steps} steps x {report.config.stream.streams} stream(s)"
+        title=f"online {spec.name} stream: {len(report.seeds)} seed(s), "
+        f"{spec.streams} stream(s) of {spec.steps} steps"
     )
-    rows = {
-        report.config.stream.method: report.method,
-        "oracle": report.oracle,
-        **report.baselines,
-    }
+    rows = {spec.method: report.method, "oracle": report.oracle, **report.baselines}
     classification = report.method.mean_accuracy is not None
-    score = "accuracy %" if classification else "loss"
-    table.add_column("learner")
-    table.add_column(f"mean {score}", justify="right")
+    table.add_column("learner", no_wrap=True)
+    table.add_column("accuracy %" if classification else "mean loss", justify="right")
     for mode in report.mode_names:
-        table.add_column(mode, justify="right")
+        table.add_column(mode.replace("_", " "), justify="right")
     for column in ("recovery steps", "regret", "switch F1"):
         table.add_column(column, justify="right")
-
-    def shown(value, scale: float = 1.0) -> str:
-        return f"{scale * value.mean:.4g} ± {scale * value.ci95:.2g}"
-
     for name, summary in rows.items():
-        overall, modes = summary.mean_loss, summary.modes
-        scale = 1.0
+        overall, modes, scale = summary.mean_loss, summary.modes, 1.0
         if classification:
             overall, modes, scale = summary.mean_accuracy, summary.modes_accuracy, 100.0
         detection = summary.switch_detection
         table.add_row(
             name,
-            shown(overall, scale),
-            *(shown(modes[mode], scale) for mode in report.mode_names),
-            shown(summary.recovery_steps),
-            shown(summary.regret),
-            shown(detection["f1"]) if detection and name != "oracle" else "-",
-            style="bold" if name == report.config.stream.method else None,
+            f"{scale * overall.mean:.4g} ± {scale * overall.ci95:.2g}",
+            *(f"{scale * modes[mode].mean:.4g}" for mode in report.mode_names),
+            f"{summary.recovery_steps.mean:.3g}",
+            f"{summary.regret.mean:.4g}",
+            f"{detection['f1'].mean:.2f}" if detection and name != "oracle" else "-",
+            style="bold" if name == spec.method else None,
         )
     return table
 
