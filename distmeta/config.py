@@ -140,6 +140,7 @@ class PendulumTaskConfig(_Section):
     of state over one step, for a pendulum whose gravity, mass and length vary by task."""
 
     name: Literal["pendulum"] = "pendulum"
+    """The task source: pendulum dynamics regression."""
     shots: PositiveInt = 16
     """Transitions of one rollout in the support set (GrBAL adapts on the last 16)."""
     query: PositiveInt = 16
@@ -558,6 +559,7 @@ class SinusoidStreamConfig(_StreamSection):
     higher frequencies."""
 
     name: Literal["sinusoid"] = "sinusoid"
+    """The stream: a switching sinusoid."""
     points: PositiveInt = 10
     """Labelled points per step, x uniform in ``task.x_range``."""
     noise_var: NonNegativeFloat = 0.05
@@ -580,6 +582,7 @@ class PendulumStreamConfig(_StreamSection):
     (its gain dropped or flipped, GrBAL's crippled joint). Regimes recur."""
 
     name: Literal["pendulum"] = "pendulum"
+    """The stream: a pendulum whose physics switch."""
     transitions: PositiveInt = 16
     """Transitions per step, one rollout of the exploratory policy (uniform random torque)."""
     regimes: PositiveInt = 4
@@ -610,6 +613,7 @@ class ImageStreamConfig(_StreamSection):
     alphabets and from scikit-learn's 8x8 digits upsampled to the images' size."""
 
     name: Literal["images"] = "images"
+    """The stream: few-shot image classification (Omniglot alphabets and digits)."""
     ways: PositiveInt = 10
     """Classes of a task (at most 10: the digits have 10)."""
     shots: PositiveInt = 5
