@@ -261,9 +261,11 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict()))
     else:
         Console().print(_stream_table(report))
+    rate = sum(result.stream_steps_per_s for result in report.results) / len(report.results)
     _err.print(
-        f"[green]done[/]: {total} stream steps in {time.perf_counter() - began:.1f} s; "
-        f"report, records and plot in {run_dir}{tracked}",
+        f"[green]done[/]: {total} stream steps in {time.perf_counter() - began:.1f} s "
+        f"({rate:.1f} stream steps/s while streaming); report, records and plot in "
+        f"{run_dir}{tracked}",
         soft_wrap=True,
     )
     return 0
