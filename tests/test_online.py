@@ -116,6 +116,19 @@ def test_cmaml_detects_the_one_switch_of_a_stream():
     assert not any(detected[:20]) and not any(detected[21:])
 
 
+def test_cmaml_restarts_fast_weights_that_diverged_without_a_meta_update():
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0)
+    first, second = _slopes([1.0, 1.0])
+    learner.observe(meta, first.x, first.y)
+    learner.fast = {name: torch.full_like(p, math.nan) for name, p in learner.fast.items()}
+    update = learner.observe(meta, second.x, second.y)
+    assert update.gradient is None and update.detected_switch is True
+    for name, value in algorithm.adapt(meta, second.x, second.y).items():
+        torch.testing.assert_close(learner.fast[name], value)
+
+
 def test_cmaml_meta_update_is_the_maml_gradient_of_the_last_two_batches_modulated():
     algorithm = _linear_algorithm()
     meta = {name: p + 0.1 for name, p in _zero(algorithm).items()}

@@ -25,13 +25,15 @@ class CMAML:
         loop); if the current fast weights' loss on the batch exceeds the fresh ones' loss
         (on the same batch) by more than ``gamma``, a switch is declared: the fast weights
         restart from the fresh ones and the meta-parameters are left alone, since the previous
-        batch belongs to another task. Otherwise the batch is the query set of a meta-learning
-        task whose support set is the previous batch: its meta-gradient (the algorithm's,
-        e.g. second-order MAML) is returned, scaled by ``1 - exp(-lambda * loss)`` with the
-        prediction's loss (OSAKA's update modulation: what the model already predicts well
-        barely moves it), and the fast weights keep adapting on the new batch (``prolonged``)
-        or are adapted afresh from the meta-parameters on it. Learned per-parameter inner rates
-        (OSAKA's optional ones) are the algorithm's ``metasgd`` inner rule.
+        batch belongs to another task. Fast weights whose loss is not finite (prolonged
+        adaptation that diverged) restart the same way. Otherwise the batch is the query set
+        of a meta-learning task whose support set is the previous batch: its meta-gradient
+        (the algorithm's, e.g. second-order MAML) is returned, scaled by
+        ``1 - exp(-lambda * loss)`` with the prediction's loss (OSAKA's update modulation: what
+        the model already predicts well barely moves it), and the fast weights keep adapting
+        on the new batch (``prolonged``) or are adapted afresh from the meta-parameters on it.
+        Learned per-parameter inner rates (OSAKA's optional ones) are the algorithm's
+        ``metasgd`` inner rule.
 
         Told the switches (``told_switches``), it uses them instead of its test: the oracle,
         which bounds what switch detection can gain.
@@ -92,9 +94,12 @@ class CMAML:
             return OnlineUpdate(detected_switch=False)
         loss = self._loss(self.fast, x, y)
         told = switch is not None
-        detected = bool(switch) if told else loss - self._loss(fresh, x, y) > self.gamma
+        # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
+        # their loss can say nothing about the task, and it would scale the meta-update.
+        lost = not math.isfinite(loss)
+        detected = bool(switch) if told else lost or loss - self._loss(fresh, x, y) > self.gamma
         gradient = None
-        if detected:
+        if detected or lost:
             self.fast = fresh
         else:
             before_x, before_y = self.previous
