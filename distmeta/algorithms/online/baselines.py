@@ -11,7 +11,7 @@ import torch
 
 from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
-from distmeta.algorithms.online.method import OnlineUpdate, cloned
+from distmeta.algorithms.online.method import OnlineUpdate, cloned, predict_with
 
 __all__ = ["FrozenMeta", "NoAdaptation", "OnlineTraining"]
 
@@ -76,9 +76,7 @@ class FrozenMeta:
         self.fast: Params | None = None
 
     def predict(self, meta: Params | None, x: torch.Tensor) -> torch.Tensor:
-        if self.fast is None:
-            return self.algorithm.forward(self.algorithm.model_params(self.initial), x)
-        return self.algorithm.forward(self.fast, x)
+        return predict_with(self.algorithm, self.fast, self.initial, x)
 
     def observe(
         self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None

@@ -10,7 +10,7 @@ import torch
 
 from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
-from distmeta.algorithms.online.method import OnlineUpdate, cloned, scaled
+from distmeta.algorithms.online.method import OnlineUpdate, cloned, loss_of, predict_with, scaled
 from distmeta.tasks.batch import TaskBatch
 
 __all__ = ["CMAML"]
@@ -76,13 +76,7 @@ class CMAML:
         self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def predict(self, meta: Params | None, x: torch.Tensor) -> torch.Tensor:
-        if self.fast is None:
-            return self.algorithm.forward(self.algorithm.model_params(meta), x)
-        return self.algorithm.forward(self.fast, x)
-
-    def _loss(self, weights: Params, x: torch.Tensor, y: torch.Tensor) -> float:
-        with torch.no_grad():
-            return float(self.algorithm.loss_fn(self.algorithm.forward(weights, x), y))
+        return predict_with(self.algorithm, self.fast, meta, x)
 
     def observe(
         self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None
@@ -92,12 +86,14 @@ class CMAML:
         if self.previous is None or self.fast is None:  # the stream's first batch
             self.fast, self.previous = fresh, (x, y)
             return OnlineUpdate(detected_switch=False)
-        loss = self._loss(self.fast, x, y)
-        told = switch is not None
+        loss = loss_of(algorithm, self.fast, x, y)
         # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
         # their loss can say nothing about the task, and it would scale the meta-update.
         lost = not math.isfinite(loss)
-        detected = bool(switch) if told else lost or loss - self._loss(fresh, x, y) > self.gamma
+        if switch is not None:  # told the truth: the oracle
+            detected = bool(switch)
+        else:
+            detected = lost or loss - loss_of(algorithm, fresh, x, y) > self.gamma
         gradient = None
         if detected or lost:
             self.fast = fresh

@@ -10,7 +10,7 @@ import torch
 
 from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
-from distmeta.algorithms.online.method import OnlineUpdate, cloned
+from distmeta.algorithms.online.method import OnlineUpdate, cloned, loss_of, predict_with
 from distmeta.tasks.batch import TaskBatch
 
 __all__ = ["FTML"]
@@ -78,17 +78,14 @@ class FTML:
         self.fast: Params | None = None
 
     def predict(self, meta: Params | None, x: torch.Tensor) -> torch.Tensor:
-        if self.fast is None:
-            return self.algorithm.forward(self.algorithm.model_params(meta), x)
-        return self.algorithm.forward(self.fast, x)
-
-    def _loss(self, weights: Params, x: torch.Tensor, y: torch.Tensor) -> float:
-        with torch.no_grad():
-            return float(self.algorithm.loss_fn(self.algorithm.forward(weights, x), y))
+        return predict_with(self.algorithm, self.fast, meta, x)
 
     def _switched(self, meta: Params, x: torch.Tensor, y: torch.Tensor) -> bool:
         fresh = self.algorithm.adapt(meta, x, y, self.steps)
-        return self._loss(self.fast, x, y) - self._loss(fresh, x, y) > self.gamma
+        return (
+            loss_of(self.algorithm, self.fast, x, y) - loss_of(self.algorithm, fresh, x, y)
+            > self.gamma
+        )
 
     def observe(
         self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None

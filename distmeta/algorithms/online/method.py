@@ -13,9 +13,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
 
-__all__ = ["OnlineLearner", "OnlineUpdate", "cloned", "scaled"]
+__all__ = ["OnlineLearner", "OnlineUpdate", "cloned", "loss_of", "predict_with", "scaled"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,18 @@ def cloned(params: Params | None) -> Params | None:
 def scaled(gradient: Params, weight: float) -> Params:
     """``weight`` times every tensor of ``gradient``."""
     return {name: g * weight for name, g in gradient.items()}
+
+
+def predict_with(
+    algorithm: MetaAlgorithm, fast: Params | None, start: Params | None, x: torch.Tensor
+) -> torch.Tensor:
+    """The prediction of the fast weights ``fast``, or of the parameters ``start`` they are
+    adapted from while there are none yet (a stream's first batch)."""
+    weights = fast if fast is not None else algorithm.model_params(start)
+    return algorithm.forward(weights, x)
+
+
+def loss_of(algorithm: MetaAlgorithm, weights: Params, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The loss of ``weights`` on ``(x, y)``, without a graph."""
+    with torch.no_grad():
+        return float(algorithm.loss_fn(algorithm.forward(weights, x), y))
