@@ -4,7 +4,8 @@ and whether the meta-parameters the fleet learns beat those any single stream le
     python benchmarks/stream_fleet.py configs/stream_sinusoid.yaml --steps 50 --held-out 50
 
 1. Throughput: ``--streams`` streams of seed 0 (``--steps`` steps each) on ``engine.name: ray``
-   with 1, then 2 task workers; the fleet's own count of stream steps per second.
+   with 1, then 2 task workers; the fleet's own count of stream steps per second, once the
+   workers' processes are up.
 2. Quality: the C-MAML meta-parameters learned by the 2-worker fleet, and those learned by
    each of ``--streams`` single streams of the same length (seeds 1, 2, ...; one stream each),
    start 4 held-out streams (seed 1000, ``--held-out`` steps). Reported per start: the mean
@@ -63,6 +64,7 @@ def main() -> None:
         )
         fleet = RayFleet(config, start)
         try:
+            fleet.pool.health(timeout=300)  # the workers' processes up before the clock starts
             result = fleet.run(seed=0)
         finally:
             fleet.close()
