@@ -301,6 +301,23 @@ def test_image_stream_keeps_a_tasks_classes_until_a_switch(marked_set):
     assert len({c % 3 for c in by_mode[1]}) == 1
 
 
+@pytest.mark.parametrize("kind", ["sinusoid", "pendulum", "images"])
+def test_every_kind_of_stream_is_reproduced_by_its_seed_and_index(kind, marked_set):
+    def build(seed: int, index: int):
+        if kind == "sinusoid":
+            return SinusoidStream(PROCESS, seed, index, 60, drift=0.01)
+        if kind == "pendulum":
+            return PendulumStream(PROCESS, seed, index, 60, drift=0.01)
+        return ImageStream(PROCESS, seed, index, 60, _pools(marked_set), ways=3, shots=2)
+
+    first, again, other = build(7, 1), build(7, 1), build(7, 2)
+    for step in (0, 31, 59):
+        a, b = first.batch(step), again.batch(step)
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+        assert (a.mode, a.switch, a.task) == (b.mode, b.switch, b.task)
+    assert any(not torch.equal(first.batch(t).x, other.batch(t).x) for t in (0, 31, 59))
+
+
 def test_image_stream_refuses_pools_that_cannot_hold_its_tasks(marked_set):
     train, val, digits = _pools(marked_set)
     with pytest.raises(ValueError, match="too few"):
