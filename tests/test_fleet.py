@@ -88,7 +88,10 @@ def test_a_fleet_on_ray_runs_every_stream_in_the_workers(
         assert len(record) == 24 and _same(record, reference)
     method = result.meta_params["method"]
     assert any(not np.array_equal(method[n], start.meta_params[n]) for n in method)
-    assert 0 <= result.staleness_max <= 4 and result.rejected == 0
+    # Every applied meta-update was at most engine.max_staleness versions old. How many were
+    # rejected as older is not asserted: it depends on how far one worker fell behind the
+    # other (a busy machine rejected 2 of them).
+    assert 0 <= result.staleness_max <= 4
 
 
 def test_a_worker_killed_mid_run_loses_no_stream(ray_cluster, fleet_config, local_reference):
