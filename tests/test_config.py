@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -102,7 +104,7 @@ def test_step_loss_weights_need_one_weight_per_step_and_a_query_loss():
     assert build_experiment(config).algorithm.step_loss_weights == (0.5, 0.5)
     with pytest.raises(ConfigError, match="inner_steps is 2, got 3 weights"):
         parse_config({"algorithm": {"inner_steps": 2, "step_loss_weights": [1, 1, 1]}})
-    with pytest.raises(ConfigError, match="reptile has no query loss"):
+    with pytest.raises(ConfigError, match="reptile has no such loss"):
         parse_config({"algorithm": {"name": "reptile", "inner_steps": 1, "step_loss_weights": [1]}})
     with pytest.raises(ConfigError, match="must not all be zero"):
         parse_config({"algorithm": {"step_loss_weights": [0]}})
@@ -126,3 +128,22 @@ def test_an_unregistered_name_is_a_config_error_naming_the_field():
     odd = AlgorithmConfig.model_construct(**{**dict(config.algorithm), "inner_rule": "adam"})
     with pytest.raises(ConfigError, match="algorithm.inner_rule: unknown 'adam'"):
         build_algorithm(config.model_copy(update={"algorithm": odd}), model, source)
+
+
+def test_every_config_field_has_its_one_line_docstring():
+    """A field is documented by the string right under it (what ``--help`` readers and the
+    README's config keys rely on)."""
+    import ast
+
+    import distmeta.config
+
+    tree = ast.parse(Path(distmeta.config.__file__).read_text())
+    missing = []
+    for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+        for field, after in zip(cls.body, [*cls.body[1:], None], strict=True):
+            if not (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)):
+                continue
+            documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            if not (documented and isinstance(after.value.value, str)):
+                missing.append(f"{cls.name}.{field.target.id}")
+    assert not missing, f"fields without a docstring: {missing}"

@@ -1,13 +1,16 @@
 """Meta-learning algorithms as pure ``torch.func`` math: no Ray, no I/O.
 
 Each answers ``meta_gradient(params, batch) -> (g, metrics)``. The algorithm (MAML, first-order
-MAML, Reptile) and the inner rule (plain SGD, Meta-SGD's learned rates) are separate choices.
+MAML, Reptile; joint training as a baseline) and the inner rule (plain SGD, Meta-SGD's learned
+rates) are separate choices. Online learning on streams (C-MAML, FTML and their baselines) is
+in :mod:`distmeta.algorithms.online`.
 """
 
 from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.execution import choose_execution, choose_task_threads
 from distmeta.algorithms.gradient import GradientSum
 from distmeta.algorithms.inner import InnerRule, MetaSGDRule, SGDRule
+from distmeta.algorithms.joint import Joint
 from distmeta.algorithms.maml import MAML
 from distmeta.algorithms.reptile import Reptile
 
@@ -15,6 +18,7 @@ __all__ = [
     "MAML",
     "GradientSum",
     "InnerRule",
+    "Joint",
     "MetaAlgorithm",
     "MetaSGDRule",
     "Reptile",

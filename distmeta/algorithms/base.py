@@ -161,6 +161,13 @@ class MetaAlgorithm(ABC):
         if nonzero:
             raise ValueError(f"params {nonzero} must be zero: the algorithm's zero_init names them")
 
+    def _steps(self, steps: int | None) -> int:
+        """Inner steps of an adaptation: ``steps``, or the algorithm's own when ``None``."""
+        steps = self.inner_steps if steps is None else steps
+        if steps < 0:
+            raise ValueError(f"steps must be non-negative, got {steps}")
+        return steps
+
     def _rule_at(self, inner_lr: float | None) -> InnerRule:
         """The inner rule, or plain SGD at ``inner_lr`` in its place (evaluation at another
         rate); a learned rule has no single rate to replace."""
@@ -276,11 +283,35 @@ class MetaAlgorithm(ABC):
             The model's parameters (``model.named_parameters`` names), detached.
         """
         self._check_params(params)
-        steps = self.inner_steps if steps is None else steps
-        if steps < 0:
-            raise ValueError(f"steps must be non-negative, got {steps}")
+        steps = self._steps(steps)
         rule = self._rule_at(inner_lr)
         return _detached(self._inner_loop(_detached(params), support_x, support_y, steps, rule))
+
+    def adapt_further(
+        self,
+        params: Params,
+        fast: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int | None = None,
+    ) -> Params:
+        """Fast weights ``fast`` (adapted from ``params`` earlier) after ``steps`` more steps
+        of the inner rule (its meta-parameters from ``params``; a rule's state starts afresh)
+        on a new support set: adaptation that goes on while a task lasts (C-MAML's
+        prolonged adaptation on a stream).
+
+        Returns:
+            The model's parameters (``model.named_parameters`` names), detached.
+        """
+        self._check_params(params)
+        steps = self._steps(steps)
+        if fast.keys() != set(self.model_param_names):
+            raise ValueError(
+                f"fast weights must hold the model's parameters {list(self.model_param_names)}, "
+                f"got {sorted(fast)}"
+            )
+        start = {**_detached(params), **_detached(fast)}
+        return _detached(self._inner_loop(start, support_x, support_y, steps))
 
     def meta_gradient(self, params: Params, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         """The meta-gradient averaged over the tasks of ``batch``, and mean metrics.

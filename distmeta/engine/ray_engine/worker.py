@@ -12,11 +12,12 @@ import ray
 import torch
 
 from distmeta.config import parse_config
+from distmeta.engine.fleet import StreamShard, flat_sum, params_of
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.ray_engine.collective import GroupAddress, WorkerChannel, connect
-from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult
+from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult, StreamChunk
 from distmeta.errors import ClusterError
-from distmeta.experiment import build_experiment
+from distmeta.experiment import OnlineStart, build_experiment
 
 __all__ = ["TaskWorker"]
 
@@ -48,6 +49,7 @@ class TaskWorker:
         self.experiment = build_experiment(self.config, self.device)
         self.layout = ParamLayout.of(self.experiment.algorithm.init_params())
         self._channel: WorkerChannel | None = None
+        self._streams = StreamShard(self.config)
 
     def ready(self) -> dict[str, Any]:
         """Where this worker runs and how it runs its tasks there (``loop`` or ``vmap``,
@@ -124,3 +126,52 @@ class TaskWorker:
             self._channel = None
             return "broken"
         return "done"
+
+    def advance_streams(
+        self,
+        start: OnlineStart,
+        seed: int,
+        indices: list[int],
+        first: int,
+        stop: int,
+        saved: list[ray.ObjectRef],
+        names: list[str],
+        *params: ParamsMessage,
+    ) -> tuple[Any, ...]:
+        """Steps ``first..stop-1`` of the fleet's streams ``indices`` (a stream fleet,
+        :mod:`.fleet`), every meta-learned learner ``names[i]`` reading ``params[i]``.
+
+        ``saved`` holds the reference to the learners' states the previous chunk returned
+        (empty for the first): fetched only if a stream must be rebuilt here (a restarted
+        worker), so a retried call computes what the lost one would have.
+
+        Returns:
+            The :class:`StreamChunk`, the learners' states after it, and one
+            :class:`SliceResult` per name: the sum of its meta-gradients, on the version it
+            read.
+        """
+        began = time.perf_counter()
+        layout = ParamLayout.of(start.meta_params)
+        dtype = next(iter(start.meta_params.values())).dtype
+        metas = {
+            name: params_of(layout, message.flat, dtype)
+            for name, message in zip(names, params, strict=True)
+        }
+        records, states, sums = self._streams.advance(
+            start, seed, indices, first, stop, metas, lambda: ray.get(saved[0])
+        )
+        seconds = time.perf_counter() - began
+        slices = [
+            SliceResult(
+                first,
+                0,
+                sums[name].count,
+                message.version,
+                *flat_sum(layout, sums[name]),
+                {},
+                seconds,
+            )
+            for name, message in zip(names, params, strict=True)
+        ]
+        counts = {name: sums[name].count for name in names}
+        return (StreamChunk(records, counts, seconds), states, *slices)
