@@ -18,24 +18,37 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from torch import nn
 
-from distmeta.algorithms import MAML, InnerRule, MetaAlgorithm, MetaSGDRule, Reptile, SGDRule
+from distmeta.algorithms import (
+    L2L,
+    MAML,
+    InnerRule,
+    LSTMRule,
+    MetaAlgorithm,
+    MetaSGDRule,
+    Reptile,
+    SGDRule,
+)
 from distmeta.config import (
     AlgorithmConfig,
     Conv4Config,
     ExperimentConfig,
     FewShotTaskConfig,
     MLPConfig,
+    QuadraticModelConfig,
+    QuadraticTaskConfig,
     SinusoidTaskConfig,
 )
 from distmeta.errors import ConfigError
-from distmeta.models import MLP, Conv4
-from distmeta.tasks import MetaBatchPlan, Sinusoid, TaskSource
+from distmeta.models import MLP, Conv4, QuadraticVariable
+from distmeta.tasks import MetaBatchPlan, Quadratic, Sinusoid, TaskSource, TrajectoryPlan
 
 __all__ = [
     "ALGORITHMS",
     "INNER_RULES",
     "MODELS",
+    "PLANS",
     "TASK_SOURCES",
+    "Algorithm",
     "Experiment",
     "Split",
     "TaskShape",
@@ -48,6 +61,9 @@ __all__ = [
 
 Split = Literal["train", "eval"]
 _Built = TypeVar("_Built")
+
+Algorithm = MetaAlgorithm | L2L
+"""What ``algorithm.name`` builds: an algorithm that answers ``meta_gradient(params, batch)``."""
 
 
 class TaskShape(Protocol):
@@ -67,7 +83,7 @@ class Experiment:
     config: ExperimentConfig
     source: TaskSource
     model: nn.Module
-    algorithm: MetaAlgorithm
+    algorithm: Algorithm
     plan: MetaBatchPlan
     device: torch.device
     dtype: torch.dtype
@@ -138,9 +154,14 @@ def _sizes(task: Any, config: ExperimentConfig, split: Split) -> tuple[int, int]
     return shots, query
 
 
+def _quadratic(task: QuadraticTaskConfig, config: ExperimentConfig, split: Split) -> Quadratic:
+    return Quadratic(task.problems, task.dims, task.init_std, task.redraw_at, dtype=_dtype(config))
+
+
 TASK_SOURCES: dict[str, Callable[[Any, ExperimentConfig, Split], TaskSource]] = {
     "sinusoid": _sinusoid,
     "fewshot": _fewshot,
+    "quadratic": _quadratic,
 }
 """``task.name`` -> the source of that section."""
 
@@ -159,24 +180,85 @@ def _conv4(spec: Conv4Config, tasks: TaskShape) -> nn.Module:
     return Conv4(channels, tasks.output_size, spec.hidden, image_size=height)
 
 
-MODELS: dict[str, Callable[[Any, TaskShape], nn.Module]] = {"mlp": _mlp, "conv4": _conv4}
+def _quadratic_variable(spec: QuadraticModelConfig, tasks: Any) -> nn.Module:
+    # The schema pairs this model with the quadratic task, which says how many problems.
+    return QuadraticVariable(tasks.problems, tasks.output_size)
+
+
+MODELS: dict[str, Callable[[Any, TaskShape], nn.Module]] = {
+    "mlp": _mlp,
+    "conv4": _conv4,
+    "quadratic": _quadratic_variable,
+}
 """``model.name`` -> the network of that section, sized for the tasks."""
 
 
 # --- algorithms and inner rules -----------------------------------------------------------
 
-ALGORITHMS: dict[str, Callable[..., MetaAlgorithm]] = {
-    "maml": MAML,
-    "fomaml": partial(MAML, first_order=True),
-    "reptile": Reptile,
-}
-"""``algorithm.name`` -> the algorithm (called with the model, the loss and the options)."""
 
-INNER_RULES: dict[str, Callable[[AlgorithmConfig], InnerRule]] = {
-    "sgd": lambda spec: SGDRule(spec.inner_lr),
-    "metasgd": lambda spec: MetaSGDRule(spec.inner_lr),
+def _meta_algorithm(
+    make: Callable[..., MetaAlgorithm],
+    spec: AlgorithmConfig,
+    model: nn.Module,
+    tasks: TaskShape,
+    rule: InnerRule,
+) -> MetaAlgorithm:
+    try:
+        # The schema checked every field but zero_init, whose names only the model knows.
+        return make(
+            model,
+            tasks.loss_fn(),
+            inner_steps=spec.inner_steps,
+            inner_rule=rule,
+            execution=spec.execution,
+            compile=spec.compile,
+            zero_init=spec.zero_init,
+            task_threads=spec.task_threads,
+        )
+    except ValueError as error:
+        raise ConfigError(f"algorithm.zero_init: {error}") from error
+
+
+def _l2l(spec: AlgorithmConfig, model: nn.Module, tasks: Any, rule: InnerRule) -> L2L:
+    unroll = spec.unroll
+    return L2L(
+        model,
+        tasks,
+        rule,
+        unroll=unroll.length,
+        horizon=unroll.horizon,
+        meta_loss=unroll.meta_loss,
+        second_order=unroll.second_order,
+        execution=spec.execution,
+    )
+
+
+ALGORITHMS: dict[str, Callable[[AlgorithmConfig, nn.Module, Any, InnerRule], Algorithm]] = {
+    "maml": partial(_meta_algorithm, MAML),
+    "fomaml": partial(_meta_algorithm, partial(MAML, first_order=True)),
+    "reptile": partial(_meta_algorithm, Reptile),
+    "l2l": _l2l,
 }
-"""``algorithm.inner_rule`` -> the rule, built from the algorithm section."""
+"""``algorithm.name`` -> the algorithm, built from the algorithm section, the model, the task
+source and the inner rule."""
+
+
+def _lstm(config: ExperimentConfig) -> LSTMRule:
+    spec = config.algorithm.lstm
+    return LSTMRule(spec.hidden, spec.layers, spec.preprocess, spec.p, spec.scale, config.seed)
+
+
+INNER_RULES: dict[str, Callable[[ExperimentConfig], InnerRule]] = {
+    "sgd": lambda config: SGDRule(config.algorithm.inner_lr),
+    "metasgd": lambda config: MetaSGDRule(config.algorithm.inner_lr),
+    "lstm": _lstm,
+}
+"""``algorithm.inner_rule`` -> the rule, built from the config (a learned rule's initial
+weights from the run's seed)."""
+
+PLANS: dict[str, type[MetaBatchPlan]] = {"l2l": TrajectoryPlan}
+"""``algorithm.name`` -> the plan of its steps, where it is not a plain meta-batch of tasks
+(:class:`~distmeta.tasks.MetaBatchPlan`)."""
 
 
 def build_task_source(config: ExperimentConfig, split: Split = "train") -> TaskSource:
@@ -198,25 +280,13 @@ def build_model(config: ExperimentConfig, tasks: TaskShape) -> nn.Module:
     return model.to(_dtype(config))
 
 
-def build_algorithm(config: ExperimentConfig, model: nn.Module, tasks: TaskShape) -> MetaAlgorithm:
-    """The configured algorithm with its inner rule, for ``model`` and the loss of ``tasks``."""
+def build_algorithm(config: ExperimentConfig, model: nn.Module, tasks: TaskShape) -> Algorithm:
+    """The configured algorithm with its inner rule, for ``model`` and the tasks (or problems)
+    of ``tasks``."""
     spec = config.algorithm
     make = _registered(ALGORITHMS, spec.name, "algorithm.name")
-    rule = _registered(INNER_RULES, spec.inner_rule, "algorithm.inner_rule")(spec)
-    try:
-        # The schema checked every field but zero_init, whose names only the model knows.
-        return make(
-            model,
-            tasks.loss_fn(),
-            inner_steps=spec.inner_steps,
-            inner_rule=rule,
-            execution=spec.execution,
-            compile=spec.compile,
-            zero_init=spec.zero_init,
-            task_threads=spec.task_threads,
-        )
-    except ValueError as error:
-        raise ConfigError(f"algorithm.zero_init: {error}") from error
+    rule = _registered(INNER_RULES, spec.inner_rule, "algorithm.inner_rule")(config)
+    return make(spec, model, tasks, rule)
 
 
 def build_experiment(config: ExperimentConfig, device: torch.device | None = None) -> Experiment:
@@ -225,5 +295,6 @@ def build_experiment(config: ExperimentConfig, device: torch.device | None = Non
     source = build_task_source(config)
     model = build_model(config, source).to(device)
     algorithm = build_algorithm(config, model, source)
-    plan = MetaBatchPlan(config.seed, config.train.meta_batch_size)
+    make_plan = PLANS.get(config.algorithm.name, MetaBatchPlan)
+    plan = make_plan(config.seed, config.train.meta_batch_size)
     return Experiment(config, source, model, algorithm, plan, device, _dtype(config))

@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_map
 
 from distmeta.algorithms.inner import Params
 
-__all__ = ["grad"]
+__all__ = ["grad", "value_and_grad"]
 
 
 def grad(fn: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:
@@ -69,3 +69,41 @@ def grad(fn: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:
         return grads, aux
 
     return gradient
+
+
+def value_and_grad(
+    fn: Callable[..., torch.Tensor], create_graph: bool = False
+) -> Callable[..., tuple[torch.Tensor, Params]]:
+    """``fn(params, *args)`` and its gradient with respect to the dict ``params``.
+
+    The value stays differentiable with respect to whatever ``params`` depend on (an unroll
+    differentiates a sum of such values); the gradient is differentiable too only with
+    ``create_graph`` (second order), else it is a constant, like the paper's learned optimizer
+    treats its input gradient. Under any ``torch.func`` transform this is
+    ``torch.func.grad_and_value``.
+    """
+    transformed = torch.func.grad_and_value(fn)
+
+    def value_and_gradient(params: Params, *args: Any) -> tuple[torch.Tensor, Params]:
+        if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
+            grads, value = transformed(params, *args)
+            if not create_graph:
+                grads = {name: g.detach() for name, g in grads.items()}
+            return value, grads
+        with torch.enable_grad():
+            inputs = {
+                name: p if p.requires_grad else p.detach().requires_grad_()
+                for name, p in params.items()
+            }
+            value = fn(inputs, *args)
+            grads = torch.autograd.grad(
+                value,
+                list(inputs.values()),
+                create_graph=create_graph,
+                retain_graph=True,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+        return value, dict(zip(inputs, grads, strict=True))
+
+    return value_and_gradient

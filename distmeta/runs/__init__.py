@@ -1,21 +1,30 @@
 """What a user runs: the training loop, offline evaluation, and loading a trained run.
 
 Every engine runs under the same loop (:func:`train`); a finished run is loaded back with
-:func:`load_run` and measured on fresh tasks with :func:`evaluate`.
+:func:`load_run` and measured on fresh tasks with :func:`evaluate` (a learned optimizer: on
+fresh problems beside tuned SGD, Adam and RMSprop, :func:`compare_optimizers`);
+:func:`evaluate_run` picks the evaluation of a run's kind.
 """
 
 from distmeta.runs.evaluate import EvalResult, adaptation_curves, evaluate
+from distmeta.runs.evaluations import EVALUATIONS, evaluate_run
 from distmeta.runs.finished import Run, fit_params, load_run
+from distmeta.runs.optimizers import OptimizerComparison, OptimizerCurve, compare_optimizers
 from distmeta.runs.train import TrainingCallback, TrainResult, default_run_dir, train
 
 __all__ = [
+    "EVALUATIONS",
     "EvalResult",
+    "OptimizerComparison",
+    "OptimizerCurve",
     "Run",
     "TrainResult",
     "TrainingCallback",
     "adaptation_curves",
+    "compare_optimizers",
     "default_run_dir",
     "evaluate",
+    "evaluate_run",
     "fit_params",
     "load_run",
     "train",

@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from distmeta.tasks.batch import TaskBatch, TaskId
-from distmeta.tasks.plan import MetaBatchPlan
+from distmeta.tasks.optimizee import ProblemFamily, TrajectoryRequest, Unroll
+from distmeta.tasks.plan import MetaBatchPlan, TrajectoryPlan
+from distmeta.tasks.quadratic import Quadratic
 from distmeta.tasks.sinusoid import Sinusoid
 from distmeta.tasks.source import TaskSource, task_rng
 
@@ -29,10 +31,15 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "FewShotImages",
     "MetaBatchPlan",
+    "ProblemFamily",
+    "Quadratic",
     "Sinusoid",
     "TaskBatch",
     "TaskId",
     "TaskSource",
+    "TrajectoryPlan",
+    "TrajectoryRequest",
+    "Unroll",
     "split_classes",
     "task_rng",
 ]
