@@ -299,7 +299,7 @@ class FewShotImages:
             batch.support_y.expand(count, -1),
         )
 
-    def query(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_set(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
         """The task's query images and labels."""
         batch = self.sample(*name[:2], [name[2]])
         return batch.query_x[0], batch.query_y[0]

@@ -5,7 +5,7 @@ family. A trajectory is named like a task, ``(seed, start, index)``, and any pro
 from the name alone its problem's initial parameters (:meth:`ProblemFamily.initial_params`),
 the data of its loss at every optimizee step ``k`` (:meth:`ProblemFamily.steps`: one batch per
 step, the same one for a full-batch problem) and a held-out query set
-(:meth:`ProblemFamily.query`). :class:`Unroll` stacks the data of several trajectories for
+(:meth:`ProblemFamily.query_set`). :class:`Unroll` stacks the data of several trajectories for
 ``count`` consecutive steps.
 
 Families: the DeepMind quadratic (:class:`~distmeta.tasks.Quadratic`), sinusoid regression with
@@ -58,7 +58,7 @@ class ProblemFamily(Protocol):
         at optimizee steps ``first..first+count-1`` of trajectory ``name``."""
         ...
 
-    def query(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_set(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out inputs ``[m, *input_shape]`` and targets of the problem ``name``."""
         ...
 
@@ -99,7 +99,7 @@ class Unroll:
     ) -> Unroll:
         """Steps ``firsts[i]..firsts[i]+count-1`` of trajectory ``names[i]``, for each ``i``."""
         steps = [family.steps(n, f, count) for n, f in zip(names, firsts, strict=True)]
-        queries = [family.query(n) for n in names]
+        queries = [family.query_set(n) for n in names]
         return Unroll(
             torch.stack([s[0] for s in steps]),
             torch.stack([s[1] for s in steps]),

@@ -84,6 +84,6 @@ class Quadratic:
         y = torch.where(redrawn.view(-1, 1), after[1], before[1])
         return w, y
 
-    def query(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_set(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
         """The problem in force at the end of the trajectory (after any redraw)."""
         return self._problem(name, 0 if self.redraw_at is None else 1)

@@ -94,7 +94,7 @@ class Sinusoid:
         y = amplitude * np.sin(x - phase)
         return tuple(torch.from_numpy(a).to(self.dtype).unsqueeze(-1) for a in (x, y))
 
-    def query(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_set(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
         """The task's own ``query`` points (those of :meth:`sample`)."""
         batch = self.sample(*name[:2], [name[2]])
         return batch.query_x[0], batch.query_y[0]
