@@ -230,6 +230,7 @@ def _l2l(spec: AlgorithmConfig, model: nn.Module, tasks: Any, rule: InnerRule) -
         meta_loss=unroll.meta_loss,
         second_order=unroll.second_order,
         execution=spec.execution,
+        task_threads=spec.task_threads,
     )
 
 

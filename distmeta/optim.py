@@ -42,11 +42,15 @@ def _load(run: str | Path) -> Run:
     from distmeta.tracking.store import resolve_tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="distmeta-optimizer-") as scratch:
+        uri = resolve_tracking_uri(None)
+        run_id, _, path = text.removeprefix("runs:/").partition("/")
+        # MLflow names a whole run's artifacts by its id, not by a runs:/ URI without a path.
+        where = {"run_id": run_id, "artifact_path": path or None}
+        if not text.startswith("runs:/"):
+            where = {"artifact_uri": text}
         try:
             local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=text, dst_path=scratch, tracking_uri=resolve_tracking_uri(None)
-                )
+                mlflow.artifacts.download_artifacts(**where, dst_path=scratch, tracking_uri=uri)
             )
         except Exception as error:
             raise RunError(f"cannot download {text} from MLflow: {error}") from None

@@ -52,7 +52,15 @@ def _reference(algo, family, phi, name, start, state, first, second_order):
     )
     inputs, targets = family.steps(name, first, algo.unroll + 1)
     return l2l_reference(
-        _forward, quadratic_loss, phi, update, start, state, inputs, targets, algo.unroll,
+        _forward,
+        quadratic_loss,
+        phi,
+        update,
+        start,
+        state,
+        inputs,
+        targets,
+        algo.unroll,
         second_order,
     )
 
@@ -202,7 +210,7 @@ def test_the_quadratic_is_the_reference_implementation_s():
     name = (0, 0, 3)
     (w, y), x0 = family.steps(name, 0, 1), family.initial_params(None, name)["x"]
     assert w.shape == (1, 128, 10, 10) and y.shape == (1, 128, 10) and x0.shape == (128, 10)
-    assert 0 <= w.min() and w.max() < 1 and 0 <= y.min() and y.max() < 1
+    assert w.min() >= 0 and w.max() < 1 and y.min() >= 0 and y.max() < 1
     assert x0.std().item() == pytest.approx(0.01, rel=0.1)
     model = QuadraticVariable()
     value = quadratic_loss(torch.func.functional_call(model, {"x": x0}, (w[0],)), y[0])

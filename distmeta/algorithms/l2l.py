@@ -20,9 +20,10 @@ from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
 from distmeta.algorithms.differentiate import grad, value_and_grad
-from distmeta.algorithms.execution import Execution, choose_execution
+from distmeta.algorithms.execution import Execution, TaskThreads, choose_task_threads
 from distmeta.algorithms.gradient import ACCUMULATOR_DTYPE, GradientSum, compensated_sum
 from distmeta.algorithms.inner import InnerRule, Params
+from distmeta.algorithms.task_threads import TaskThreadPool
 from distmeta.errors import TaskFailedError
 from distmeta.tasks.batch import TaskId
 from distmeta.tasks.optimizee import ProblemFamily, TrajectoryRequest, Unroll
@@ -92,8 +93,11 @@ class L2L:
         horizon: Optimizee steps per trajectory (N, default 100), a multiple of ``unroll``.
         meta_loss: ``"sum"`` of the losses along the unroll, or the ``"query"`` loss after it.
         second_order: Differentiate through the gradients the rule reads.
-        execution: ``"loop"`` over trajectories, ``"vmap"`` them, or ``"auto"``
-            (:func:`~distmeta.algorithms.execution.choose_execution`).
+        execution: ``"loop"`` over trajectories, ``"vmap"`` them, or ``"auto"`` (the loop:
+            an unroll's nested gradients run several times slower under ``vmap`` on a CPU).
+        task_threads: Trajectories of the loop computed at once, each on its own thread
+            with single-threaded operations (``"auto"``:
+            :func:`~distmeta.algorithms.execution.choose_task_threads`).
 
     References:
         Andrychowicz et al. Learning to learn by gradient descent by gradient descent.
@@ -120,6 +124,7 @@ class L2L:
         meta_loss: MetaLoss = "sum",
         second_order: bool = False,
         execution: Execution = "auto",
+        task_threads: TaskThreads = "auto",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -133,11 +138,18 @@ class L2L:
             raise ValueError(f"meta_loss must be 'sum' or 'query', got {meta_loss!r}")
         if execution not in ("auto", "loop", "vmap"):
             raise ValueError(f"execution must be 'auto', 'loop' or 'vmap', got {execution!r}")
+        if task_threads != "auto" and (
+            isinstance(task_threads, bool) or not isinstance(task_threads, int) or task_threads < 1
+        ):
+            raise ValueError(
+                f"task_threads must be 'auto' or a positive integer, got {task_threads!r}"
+            )
         self.model, self.problems, self.inner_rule = model, problems, inner_rule
         self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = problems.loss_fn()
         self.unroll, self.horizon = unroll, horizon
         self.meta_loss, self.second_order = meta_loss, bool(second_order)
-        self.execution = execution
+        self.execution, self.task_threads = execution, task_threads
+        self._threads = TaskThreadPool(model)
         self.param_names = tuple(self.init_params())
         if not self.param_names:
             raise ValueError(
@@ -170,7 +182,7 @@ class L2L:
     # --- one trajectory, a pure function (vmap-compatible) --------------------------------------
 
     def _loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(functional_call(self.model, fast, (x,)), y)
+        return self.loss_fn(functional_call(self._threads.current_model(), fast, (x,)), y)
 
     def _unrolled(
         self,
@@ -264,21 +276,28 @@ class L2L:
         return name, 0, _Carried(fast, self.inner_rule.init(phi, fast))
 
     def _resolved_execution(self, device: torch.device) -> Literal["loop", "vmap"]:
-        if self.execution == "auto":
-            return choose_execution(self.model, device)
-        return self.execution
+        # Measured on a CPU (BENCHMARKS.md): an unroll's nested gradients run several times
+        # slower under vmap than trajectory by trajectory, for the quadratic and for MLPs.
+        return "loop" if self.execution == "auto" else self.execution
 
     def _looped(
         self, phi: Params, carried: list[_Carried], data: Unroll
     ) -> tuple[list[Params], torch.Tensor, list[_Carried]]:
-        grads, stats, after = [], [], []
-        for i, start in enumerate(carried):
-            one = (data.inputs[i], data.targets[i], data.query_x[i], data.query_y[i])
-            g, s, fast, state = self._trajectory_gradient(phi, start.fast, start.state, *one)
-            grads.append(g)
-            stats.append(s)
-            after.append(_Carried(fast, state))
-        return grads, torch.stack(stats), after
+        """Trajectory by trajectory, ``task_threads`` at once, each thread's operations
+        single-threaded (:class:`~distmeta.algorithms.task_threads.TaskThreadPool`)."""
+
+        def one(i: int) -> tuple[Params, torch.Tensor, Params, Any]:
+            start = carried[i]
+            tensors = (data.inputs[i], data.targets[i], data.query_x[i], data.query_y[i])
+            return self._trajectory_gradient(phi, start.fast, start.state, *tensors)
+
+        device = data.inputs.device
+        threads = self.task_threads
+        if threads == "auto":
+            threads = choose_task_threads(device, len(carried))
+        results = list(self._threads.map(one, len(carried), threads))
+        after = [_Carried(fast, state) for _, _, fast, state in results]
+        return [r[0] for r in results], torch.stack([r[1] for r in results]), after
 
     def _vmapped(
         self, phi: Params, carried: list[_Carried], data: Unroll

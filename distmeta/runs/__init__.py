@@ -7,12 +7,18 @@ fresh problems beside tuned SGD, Adam and RMSprop, :func:`compare_optimizers`);
 """
 
 from distmeta.runs.evaluate import EvalResult, adaptation_curves, evaluate
-from distmeta.runs.evaluations import EVALUATIONS, evaluate_run
+from distmeta.runs.evaluations import CURVES, EVALUATIONS, curve_of_run, evaluate_run
 from distmeta.runs.finished import Run, fit_params, load_run
-from distmeta.runs.optimizers import OptimizerComparison, OptimizerCurve, compare_optimizers
+from distmeta.runs.optimizers import (
+    OptimizerComparison,
+    OptimizerCurve,
+    compare_optimizers,
+    learned_optimizer_curve,
+)
 from distmeta.runs.train import TrainingCallback, TrainResult, default_run_dir, train
 
 __all__ = [
+    "CURVES",
     "EVALUATIONS",
     "EvalResult",
     "OptimizerComparison",
@@ -22,10 +28,12 @@ __all__ = [
     "TrainingCallback",
     "adaptation_curves",
     "compare_optimizers",
+    "curve_of_run",
     "default_run_dir",
     "evaluate",
     "evaluate_run",
     "fit_params",
+    "learned_optimizer_curve",
     "load_run",
     "train",
 ]

@@ -33,6 +33,7 @@ from torch.func import functional_call, vmap
 
 from distmeta.experiment import build_task_source
 from distmeta.optim import LearnedOptimizer
+from distmeta.runs.evaluate import EvalResult, _finite_mean_ci
 from distmeta.runs.finished import Run
 from distmeta.tasks import ProblemFamily, TaskId, Unroll
 
@@ -42,6 +43,7 @@ __all__ = [
     "OptimizerComparison",
     "OptimizerCurve",
     "compare_optimizers",
+    "learned_optimizer_curve",
     "loss_curves",
 ]
 
@@ -135,13 +137,7 @@ class OptimizerCurve:
     @staticmethod
     def of(curve: torch.Tensor, horizon: int, lr: float | None, redraw: int | None):
         finite = curve.isfinite()
-        means, halves = [], []
-        for column, keep in zip(curve.T, finite.T, strict=True):
-            kept = column[keep]
-            means.append(float(kept.mean()) if kept.numel() else math.inf)
-            halves.append(
-                float(1.96 * kept.std() / math.sqrt(kept.numel())) if kept.numel() > 1 else 0.0
-            )
+        means, halves = _finite_mean_ci(curve, finite)
         ends = {str(horizon): horizon, str(curve.shape[1] - 1): curve.shape[1] - 1}
         result = OptimizerCurve(
             lr=lr,
@@ -202,8 +198,6 @@ def compare_optimizers(
         seed = config.eval.seed if config.eval.seed is not None else config.seed + 1
     family = build_task_source(config, split="eval")
     horizon = config.algorithm.unroll.horizon
-    rule = run.algorithm.inner_rule
-    weights = {n: p for n, p in run.params.items() if n.startswith("lstm.")}
 
     validation = [(seed, 1, i) for i in range(VALIDATION_PROBLEMS)]
     candidates = {
@@ -222,7 +216,7 @@ def compare_optimizers(
 
     test = [(seed, 0, i) for i in range(tasks)]
     optimizers: dict[str, MakeOptimizer] = {
-        "learned": lambda ps: LearnedOptimizer(ps, rule=rule, weights=weights),
+        "learned": _learned(run),
         **{
             name: (lambda ps, make=BASELINES[name], lr=best[name]: make(ps, lr=lr))
             for name in BASELINES
@@ -237,3 +231,27 @@ def compare_optimizers(
     for name, grid in grids.items():
         summaries[name].grid = grid
     return OptimizerComparison(tasks, horizon, list(range(2 * horizon + 1)), summaries, redraw)
+
+
+def _learned(run: Run) -> MakeOptimizer:
+    """The run's learned optimizer, for stacked parameters."""
+    rule = run.algorithm.inner_rule
+    weights = {n: p for n, p in run.params.items() if n.startswith("lstm.")}
+    return lambda params: LearnedOptimizer(params, rule=rule, weights=weights)
+
+
+def learned_optimizer_curve(
+    run: Run, tasks: int | None = None, seed: int | None = None
+) -> EvalResult:
+    """The optimizee loss at steps ``0..horizon`` of the run's learned optimizer alone on
+    fresh test problems (as :func:`compare_optimizers` measures it, without tuning the
+    baselines): the curve a tracked run logs when it ends."""
+    config = run.config
+    tasks = tasks or config.eval.tasks
+    if seed is None:
+        seed = config.eval.seed if config.eval.seed is not None else config.seed + 1
+    family = build_task_source(config, split="eval")
+    names = [(seed, 0, i) for i in range(tasks)]
+    horizon = config.algorithm.unroll.horizon
+    curve = loss_curves(run.model, family, names, {"learned": _learned(run)}, horizon)
+    return EvalResult.of(curve["learned"].unsqueeze(-1))
