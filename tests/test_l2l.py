@@ -221,8 +221,9 @@ def test_the_quadratic_is_the_reference_implementation_s():
 
 
 def test_the_non_stationary_quadratic_redraws_w_and_y_at_its_step():
-    family = Quadratic(problems=4, dims=3, redraw_at=5)
+    family = Quadratic(problems=6, dims=3, redraw_at=5)
     w, y = family.steps((0, 0, 0), 3, 4)  # steps 3, 4 | 5, 6
+    assert w.shape == (4, 6, 3, 3) and y.shape == (4, 6, 3)
     assert torch.equal(w[0], w[1]) and torch.equal(w[2], w[3]) and not torch.equal(w[1], w[2])
     assert not torch.equal(y[1], y[2])
     assert torch.equal(family.query_set((0, 0, 0))[0], w[2])
@@ -337,3 +338,15 @@ def test_config_refuses_what_a_learned_optimizer_cannot_run(change, message):
         raw[section] = merged
     with pytest.raises(ConfigError, match=message):
         parse_config(raw)
+
+
+def test_eval_of_a_non_stationary_problem_reports_the_steps_back_after_the_redraw(tmp_path):
+    config = _config(task={"redraw_at": 4}, train={"steps": 2})
+    dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    result = dm.runs.compare_optimizers(dm.load_run(tmp_path / "run"), tasks=3)
+    assert result.redraw_at == 4 and result.steps == list(range(13))
+    for curve in result.curves.values():
+        before = curve.loss[3]
+        back = [k - 4 for k in range(4, 13) if curve.loss[k] <= before]
+        assert curve.recovery_steps == (back[0] if back else None)
+    assert any(curve.loss[4] > curve.loss[3] for curve in result.curves.values())

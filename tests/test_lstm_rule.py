@@ -291,3 +291,10 @@ def test_eval_compares_the_learned_optimizer_with_tuned_ones(trained, capsys):
     assert learned["log10_final"]["10"] == pytest.approx(math.log10(learned["loss"][10]))
     assert main(["eval", str(trained), "--tasks", "3"]) == 0
     assert "rmsprop" in capsys.readouterr().out
+
+
+def test_export_refuses_a_learned_optimizer_and_says_how_to_use_it(trained):
+    from distmeta.tracking import export_model
+
+    with pytest.raises(RunError, match="LearnedOptimizer"):
+        export_model(trained, "optimizer")

@@ -81,7 +81,7 @@ class Quadratic:
         after = self._problem(name, 1)
         redrawn = torch.arange(first, first + count) >= self.redraw_at
         w = torch.where(redrawn.view(-1, 1, 1, 1), after[0], before[0])
-        y = torch.where(redrawn.view(-1, 1), after[1], before[1])
+        y = torch.where(redrawn.view(-1, 1, 1), after[1], before[1])
         return w, y
 
     def query_set(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
