@@ -19,6 +19,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
+from distmeta.algorithms.base import check_param_names
 from distmeta.algorithms.differentiate import grad, value_and_grad
 from distmeta.algorithms.execution import Execution, TaskThreads, choose_task_threads
 from distmeta.algorithms.gradient import ACCUMULATOR_DTYPE, GradientSum, compensated_sum
@@ -171,14 +172,6 @@ class L2L:
         """``loss``: the mean optimizee loss along the unroll; ``query_loss``: after it."""
         return ("loss", "query_loss")
 
-    def _check_params(self, params: Params) -> None:
-        if not isinstance(params, dict):
-            raise TypeError(f"params must be a dict of tensors, got {type(params).__name__}")
-        if params.keys() != set(self.param_names):
-            missing = sorted(set(self.param_names) - params.keys())
-            extra = sorted(params.keys() - set(self.param_names))
-            raise ValueError(f"params do not match the algorithm: missing {missing}, extra {extra}")
-
     # --- one trajectory, a pure function (vmap-compatible) --------------------------------------
 
     def _loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -231,7 +224,7 @@ class L2L:
         of their meta-gradients (exact, like every algorithm's). Raises
         :class:`~distmeta.errors.TaskFailedError` naming a trajectory whose loss or
         meta-gradient is not finite."""
-        self._check_params(params)
+        check_param_names(params, self.param_names)
         if not isinstance(batch, TrajectoryRequest):
             raise TypeError(f"batch must be a TrajectoryRequest, got {type(batch).__name__}")
         phi = _detached(params)
