@@ -288,11 +288,12 @@ def _final(run_dir):
     return dm.load_run(run_dir).params
 
 
-def test_sync_ray_equals_local_across_trajectory_boundaries(ray_cluster, tmp_path):
+@pytest.mark.parametrize("transport", ["tasks", "collective"])
+def test_sync_ray_equals_local_across_trajectory_boundaries(ray_cluster, tmp_path, transport):
     """Workers keep their slots' trajectories between steps: two workers give the local
-    engine's parameters bit for bit over three trajectories per slot."""
+    engine's parameters bit for bit over three trajectories per slot, on either transport."""
     dm.train(_config(), run_dir=str(tmp_path / "local"), progress=False)
-    engine = {"name": "ray", "workers": 2, "transport": "tasks"}
+    engine = {"name": "ray", "workers": 2, "transport": transport}
     dm.train(_config(engine=engine), run_dir=str(tmp_path / "ray"), progress=False)
     local, ray = _final(tmp_path / "local"), _final(tmp_path / "ray")
     assert all(torch.equal(local[k], ray[k]) for k in local)
