@@ -1,6 +1,8 @@
-"""How L2L runs the trajectories of a step on a CPU: one after another, on task threads, or
-vectorised with vmap. Median seconds per meta-training step of the shipped learned-optimizer
-configs, each way timed in turn in this one process (after 2 warm-up steps).
+"""How L2L runs the trajectories of a step on a CPU: one after another (each operation on
+torch's threads), on task threads (a trajectory per thread, single-threaded operations: the
+default), or vectorised with vmap. Median seconds per meta-training step of the shipped
+learned-optimizer configs, each way timed in turn in this one process (after 2 warm-up
+steps).
 
     python benchmarks/lstm_execution.py --steps 10
 """
@@ -17,8 +19,8 @@ from distmeta.config import load_config
 from distmeta.experiment import build_experiment
 
 WAYS = {
-    "loop, 1 thread": ["algorithm.execution=loop", "algorithm.task_threads=1"],
-    "loop, task threads": ["algorithm.execution=loop", "algorithm.task_threads=auto"],
+    "one at a time, threaded operations": ["algorithm.execution=loop", "algorithm.task_threads=1"],
+    "task threads": ["algorithm.execution=loop", "algorithm.task_threads=auto"],
     "vmap": ["algorithm.execution=vmap"],
 }
 
