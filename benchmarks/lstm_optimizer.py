@@ -65,12 +65,12 @@ def main() -> None:
             ]
             distmeta("train", args.config, *sets, "--run-dir", str(run), "--no-progress")
             print(f"seed {seed}: trained in {time.perf_counter() - began:.0f} s", flush=True)
-        sets = [f"--set={o}" for o in args.eval_overrides]
-        out = distmeta("eval", str(run), "--json", "--tasks", str(args.tasks), *sets)
-        result = json.loads(out.strip().splitlines()[-1])
-        (run / f"eval{'-' + stem if args.eval_overrides else ''}.json").write_text(
-            json.dumps(result)
-        )
+        saved = run / f"eval{'-' + stem if args.eval_overrides else ''}.json"
+        if not saved.exists():  # an evaluation already made of this run is reused
+            sets = [f"--set={o}" for o in args.eval_overrides]
+            out = distmeta("eval", str(run), "--json", "--tasks", str(args.tasks), *sets)
+            saved.write_text(out.strip().splitlines()[-1])
+        result = json.loads(saved.read_text())
         results.append(result)
 
     horizon = str(results[0]["horizon"])
