@@ -140,6 +140,7 @@ class QuadraticTaskConfig(_Section):
     is ``model.name: quadratic`` (the variable ``x``)."""
 
     name: Literal["quadratic"] = "quadratic"
+    """The task source: quadratic problems for a learned optimizer."""
     problems: PositiveInt = 128
     """Independent problems per trajectory, each its own ``x`` (128 in the reference)."""
     dims: PositiveInt = 10
@@ -178,6 +179,7 @@ class QuadraticModelConfig(_Section):
     """The variable ``x`` of the quadratic problems (``task.name: quadratic``)."""
 
     name: Literal["quadratic"] = "quadratic"
+    """The optimizee: the quadratic problems' own variable, no network."""
 
 
 ModelConfig = Annotated[MLPConfig | Conv4Config | QuadraticModelConfig, Field(discriminator="name")]

@@ -114,3 +114,23 @@ def test_an_unregistered_name_is_a_config_error_naming_the_field():
     odd = AlgorithmConfig.model_construct(**{**dict(config.algorithm), "inner_rule": "adam"})
     with pytest.raises(ConfigError, match="algorithm.inner_rule: unknown 'adam'"):
         build_algorithm(config.model_copy(update={"algorithm": odd}), model, source)
+
+
+def test_every_config_field_has_a_docstring():
+    """Each field of every section is followed by its docstring (the schema is the reference)."""
+    import ast
+    import inspect
+
+    import distmeta.config
+
+    tree = ast.parse(inspect.getsource(distmeta.config))
+    missing = []
+    for section in (node for node in tree.body if isinstance(node, ast.ClassDef)):
+        body = section.body
+        for field, after in zip(body, [*body[1:], None], strict=True):
+            if not (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)):
+                continue
+            documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            if not documented:
+                missing.append(f"{section.name}.{field.target.id}")
+    assert missing == []
