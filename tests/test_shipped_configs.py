@@ -48,9 +48,9 @@ def test_a_shipped_config_trains_two_steps(path, request, tmp_path):
     if raw.get("algorithm", {}).get("outer_lr_decay"):
         overrides.append("algorithm.outer_lr_decay.start=1")  # within the two steps
     if raw.get("algorithm", {}).get("name") == "l2l":
-        # Trajectories of one unroll: checkpoints every step fall on trajectory boundaries.
-        length = raw["algorithm"].get("unroll", {}).get("length", 20)
-        overrides.append(f"algorithm.unroll.horizon={length}")
+        # Trajectories of one short unroll: checkpoints every step fall on trajectory
+        # boundaries, and the quadratic's 1,280 coordinates take 5 optimizee steps, not 20.
+        overrides += ["algorithm.unroll.length=5", "algorithm.unroll.horizon=5"]
     config = load_config(path, overrides)
     if config.engine.name == "ray":
         request.getfixturevalue("ray_cluster")  # the session's Ray, not one per config
