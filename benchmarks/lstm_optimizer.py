@@ -83,6 +83,7 @@ def main() -> None:
         f"{'optimizer':<10} {'@' + horizon:>16} {'@' + twice:>16}  learning rates  diverged@{twice}"
         + ("  steps back after the redraw" if results[0].get("redraw_at") else "")
     )
+    per_seed = []
     for name in results[0]["curves"]:
         curves = [r["curves"][name] for r in results]
         cells = []
@@ -90,20 +91,23 @@ def main() -> None:
             values = [float(c["log10_final"][key]) for c in curves]
             mean, half = interval(values)
             cells.append(f"{mean:8.3f} ± {half:5.3f}")
+            per_seed.append(f"{name} @{key}: " + ", ".join(f"{v:.3f}" for v in values))
         rates = ",".join("learned" if c["lr"] is None else f"{c['lr']:g}" for c in curves)
         diverged = ",".join(str(c["diverged"][-1]) for c in curves)
         line = f"{name:<10} {cells[0]:>16} {cells[1]:>16}  {rates:<14}  {diverged}"
         if results[0].get("redraw_at"):
             line += "  " + ",".join(str(c["recovery_steps"]) for c in curves)
         print(line)
-    learned = [float(r["curves"]["learned"]["log10_final"][horizon]) for r in results]
-    for name in ("sgd", "adam", "rmsprop"):
-        gaps = [
-            float(r["curves"][name]["log10_final"][horizon]) - value
-            for r, value in zip(results, learned, strict=True)
-        ]
-        mean, half = interval(gaps)
-        print(f"learned below {name} at @{horizon} by {mean:.3f} ± {half:.3f} log10 units")
+    print("per seed, in the order of --seeds:\n  " + "\n  ".join(per_seed))
+    for key in (horizon, twice):
+        learned = [float(r["curves"]["learned"]["log10_final"][key]) for r in results]
+        for name in ("sgd", "adam", "rmsprop"):
+            gaps = [
+                float(r["curves"][name]["log10_final"][key]) - value
+                for r, value in zip(results, learned, strict=True)
+            ]
+            mean, half = interval(gaps)
+            print(f"learned below {name} at @{key} by {mean:.3f} ± {half:.3f} log10 units")
 
 
 if __name__ == "__main__":
