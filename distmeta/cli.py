@@ -1,4 +1,5 @@
-"""The ``distmeta`` command line: train, eval, export (and the subcommands of later layers).
+"""The ``distmeta`` command line: train, eval, stream, export (and the subcommands of later
+layers).
 
 Every error distmeta raises on purpose becomes one red line on stderr and exit status 2.
 """
@@ -8,22 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from distmeta.config import load_config
 from distmeta.data import ImageSet, prepare_imagefolder, prepare_omniglot
-from distmeta.errors import DistmetaError
+from distmeta.errors import ConfigError, DistmetaError
 from distmeta.runs import (
     EvalResult,
     OptimizerComparison,
     Run,
+    StreamReport,
     evaluate_run,
     load_run,
     train,
@@ -218,6 +222,103 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- distmeta stream ----------------------------------------------------------------------
+
+
+def _stream_table(report: StreamReport) -> Table:
+    """One row per learner: online loss (accuracy for classification) overall, with its 95 %
+    interval over seeds, and per mode; recovery steps, regret and switch detection F1."""
+    spec = report.config.stream
+    table = Table(
+        title=f"online {spec.name} stream: {len(report.seeds)} seed(s), "
+        f"{spec.streams} stream(s) of {spec.steps} steps"
+    )
+    rows = {spec.method: report.method, "oracle": report.oracle, **report.baselines}
+    classification = report.method.mean_accuracy is not None
+    table.add_column("learner", no_wrap=True)
+    table.add_column("accuracy %" if classification else "mean loss", justify="right")
+    for mode in report.mode_names:
+        table.add_column(mode.replace("_", " "), justify="right")
+    for column in ("recovery steps", "regret", "switch F1"):
+        table.add_column(column, justify="right")
+    for name, summary in rows.items():
+        overall, modes, scale = summary.mean_loss, summary.modes, 1.0
+        if classification:
+            overall, modes, scale = summary.mean_accuracy, summary.modes_accuracy, 100.0
+        detection = summary.switch_detection
+        table.add_row(
+            name,
+            f"{scale * overall.mean:.4g} ± {scale * overall.ci95:.2g}",
+            *(f"{scale * modes[mode].mean:.4g}" for mode in report.mode_names),
+            f"{summary.recovery_steps.mean:.3g}",
+            f"{summary.regret.mean:.4g}",
+            f"{detection['f1'].mean:.2f}" if detection and name != "oracle" else "-",
+            style="bold" if name == spec.method else None,
+        )
+    return table
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from distmeta.engine.rundir import RunDir
+    from distmeta.runs import default_stream_dir, run_streams
+    from distmeta.tracking import plot_stream
+
+    config = load_config(args.config, args.overrides)
+    if config.stream is None:
+        raise ConfigError(f"{args.config}: no stream section: distmeta stream needs one")
+    tracker = None
+    if config.tracking.enabled:
+        from distmeta.tracking import StreamTracker  # checks the store before any stream runs
+
+        tracker = StreamTracker(config)
+    run_dir = args.run_dir or default_stream_dir(config)
+    spec = config.stream
+    total = args.seeds * spec.streams * spec.steps
+    bar = _stream_progress() if not args.no_progress else None
+    task = bar.add_task("stream", total=total) if bar else None
+    began = time.perf_counter()
+    if bar:
+        bar.start()
+    try:
+        report = run_streams(
+            config,
+            seeds=args.seeds,
+            run_dir=run_dir,
+            progress=(lambda done: bar.advance(task, done)) if bar else None,
+        )
+    finally:
+        if bar:
+            bar.stop()
+    with tempfile.TemporaryDirectory(prefix="distmeta-stream-") as scratch:
+        plot = Path(scratch) / "stream.png"
+        plot_stream(report, plot, f"{spec.name} stream: online loss ({spec.method})")
+        RunDir(run_dir).write_bytes("stream.png", plot.read_bytes())
+    tracked = f"; MLflow run {tracker.log(report, run_dir)}" if tracker else ""
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        Console().print(_stream_table(report))
+    rate = sum(result.stream_steps_per_s for result in report.results) / len(report.results)
+    _err.print(
+        f"[green]done[/]: {total} stream steps in {time.perf_counter() - began:.1f} s "
+        f"({rate:.1f} stream steps/s while streaming); report, records and plot in "
+        f"{run_dir}{tracked}",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _stream_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]stream"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_err,
+        refresh_per_second=4,
+    )
+
+
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.dataset == "omniglot":
@@ -364,6 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     _add_tracking_uri(p)
     p.set_defaults(handler=_cmd_eval)
+
+    p = commands.add_parser(
+        "stream", help="online (prequential) evaluation on streams of changing tasks"
+    )
+    p.add_argument("config", help="YAML experiment config with a stream: section")
+    _add_overrides(p)
+    p.add_argument("--run-dir", help="where the report, records and plot go (path or URI)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.add_argument(
+        "--seeds", type=_positive, default=1, help="seeds seed, seed+1, ... (95%% intervals)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_stream)
 
     p = commands.add_parser("tune", help="search hyperparameters of a config with Ray Tune")
     p.add_argument("config", help="YAML experiment config with a tune: section")

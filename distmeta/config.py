@@ -36,14 +36,19 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "FewShotTaskConfig",
+    "ImageStreamConfig",
     "LSTMRuleConfig",
     "MLPConfig",
     "OuterLRDecay",
     "PBTConfig",
+    "PendulumStreamConfig",
+    "PendulumTaskConfig",
     "QuadraticModelConfig",
     "QuadraticTaskConfig",
     "SearchDimension",
+    "SinusoidStreamConfig",
     "SinusoidTaskConfig",
+    "StreamConfig",
     "TrackingConfig",
     "TrainConfig",
     "TrialResources",
@@ -152,8 +157,33 @@ class QuadraticTaskConfig(_Section):
     problem); ``None``: never."""
 
 
+class PendulumTaskConfig(_Section):
+    """Pendulum dynamics (gymnasium's Pendulum): from a state and a torque, predict the change
+    of state over one step, for a pendulum whose gravity, mass and length vary by task."""
+
+    name: Literal["pendulum"] = "pendulum"
+    """The task source: pendulum dynamics regression."""
+    shots: PositiveInt = 16
+    """Transitions of one rollout in the support set (GrBAL adapts on the last 16)."""
+    query: PositiveInt = 16
+    """Transitions of another rollout of the same pendulum in the query set."""
+    gravity: tuple[PositiveFloat, PositiveFloat] = (8.0, 12.0)
+    """Range of the gravity (m/s^2) of a task."""
+    mass: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
+    """Range of the mass (kg) of a task."""
+    length: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
+    """Range of the length (m) of a task."""
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> PendulumTaskConfig:
+        for field in ("gravity", "mass", "length"):
+            _ordered_range(getattr(self, field), field)
+        return self
+
+
 TaskConfig = Annotated[
-    SinusoidTaskConfig | FewShotTaskConfig | QuadraticTaskConfig, Field(discriminator="name")
+    SinusoidTaskConfig | FewShotTaskConfig | PendulumTaskConfig | QuadraticTaskConfig,
+    Field(discriminator="name"),
 ]
 
 
@@ -244,9 +274,11 @@ class AlgorithmConfig(_Section):
     Meta-SGD is ``name: maml`` with ``inner_rule: metasgd``.
     """
 
-    name: Literal["maml", "fomaml", "reptile", "l2l"] = "maml"
-    """``maml`` (second order), ``fomaml`` (first order), ``reptile``, or ``l2l`` (meta-train
-    the ``lstm`` rule alone on optimisation trajectories, Andrychowicz et al., 2016)."""
+    name: Literal["maml", "fomaml", "reptile", "joint", "l2l"] = "maml"
+    """``maml`` (second order), ``fomaml`` (first order), ``reptile``, ``joint`` (one model
+    fit to every task's data without adaptation: the jointly trained baseline of streams), or
+    ``l2l`` (meta-train the ``lstm`` rule alone on optimisation trajectories, Andrychowicz et
+    al., 2016)."""
     inner_rule: Literal["sgd", "metasgd", "lstm"] = "sgd"
     """How a task's fast weights move: ``sgd`` (plain gradient descent at ``inner_lr``),
     ``metasgd`` (a learned rate per parameter element, meta-learned with the initialisation)
@@ -255,6 +287,11 @@ class AlgorithmConfig(_Section):
     """Step size of the inner loop (``metasgd``: the initial value of its learned rates)."""
     inner_steps: PositiveInt = 1
     """Inner-loop steps per task during meta-training."""
+    step_loss_weights: tuple[NonNegativeFloat, ...] | None = None
+    """MAML's meta-loss as a weighted mean of the query losses after every inner step, one
+    weight per step (MAML++'s multi-step loss); ``None``: the loss after the last step. Holds
+    every step to account, so the learned start is one the rate can descend for more steps
+    than it was trained with (the sinusoid study in BENCHMARKS.md)."""
     outer_lr: PositiveFloat = 0.001
     """Learning rate of the outer optimizer."""
     outer_optimizer: Literal["adam", "sgd"] = "adam"
@@ -278,6 +315,25 @@ class AlgorithmConfig(_Section):
     """The learned optimizer of ``inner_rule: lstm``."""
     unroll: UnrollConfig = UnrollConfig()
     """Trajectories and unrolls of ``name: l2l``."""
+
+    @model_validator(mode="after")
+    def _one_weight_per_step(self) -> AlgorithmConfig:
+        weights = self.step_loss_weights
+        if weights is None:
+            return self
+        if self.name not in ("maml", "fomaml"):
+            raise ValueError(
+                f"step_loss_weights weigh MAML's query losses after its inner steps; "
+                f"{self.name} has no such loss"
+            )
+        if len(weights) != self.inner_steps:
+            raise ValueError(
+                f"step_loss_weights needs one weight per inner step: inner_steps is "
+                f"{self.inner_steps}, got {len(weights)} weights"
+            )
+        if sum(weights) <= 0:
+            raise ValueError("step_loss_weights must not all be zero")
+        return self
 
     @field_validator("name", mode="before")
     @classmethod
@@ -523,6 +579,162 @@ class TuneConfig(_Section):
         return 1 if self.resolved_search == "grid" else 8
 
 
+# --- streams (distmeta stream) ------------------------------------------------------------
+
+
+class _StreamSection(_Section):
+    """What every stream shares: its length and switching, the online method, the runs its
+    learners start from, and the fleet size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    steps: PositiveInt = 2_000
+    """Time steps of each stream; each brings one labelled batch of the current task."""
+    alpha: float = Field(0.98, ge=0.0, lt=1.0)
+    """Probability that the current task stays for the next step (OSAKA's ``prob_statio``):
+    switches happen at rate ``1 - alpha``."""
+    mode_probs: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] = (0.5, 0.25, 0.25)
+    """Probabilities that a new task comes from the in-distribution mode and from each of the
+    two out-of-distribution modes."""
+    drift: NonNegativeFloat = 0.0
+    """Standard deviation of the random walk of a task's parameters per step, as a fraction
+    of each parameter's range (0: tasks hold still between switches)."""
+    method: Literal["cmaml", "ftml"] = "cmaml"
+    """The online meta-learning method: ``cmaml`` (Continual-MAML, OSAKA) or ``ftml``
+    (Follow The Meta Leader, Finn et al. 2019). The baselines and the oracle always run
+    beside it on the same stream."""
+    gamma: float = 1.0
+    """Switch threshold: a switch is declared when the previous fast weights' loss on the new
+    batch exceeds that of fast weights adapted afresh on it by more than ``gamma``."""
+    lambda_: PositiveFloat = Field(1.0, alias="lambda")
+    """Update modulation: an online meta-update is scaled by ``1 - exp(-lambda * loss)``, so
+    batches the model already predicts well barely move the meta-parameters (large values:
+    every update in full)."""
+    prolonged: bool = True
+    """C-MAML keeps adapting its fast weights on each batch while no switch is detected (and
+    restarts from the meta-parameters at a switch), instead of adapting afresh from the
+    meta-parameters on the previous batch alone."""
+    meta_lr: PositiveFloat = 1e-4
+    """Adam's learning rate for the online meta-updates."""
+    adapt_steps: PositiveInt | None = None
+    """Inner steps of each online adaptation; ``None`` keeps the pretrained run's
+    ``algorithm.inner_steps``."""
+    buffer_tasks: PositiveInt = 50
+    """FTML: tasks kept in its buffer (the oldest is dropped when a new one begins)."""
+    buffer_batches: PositiveInt = 8
+    """FTML: batches kept per task (the most recent); the current task's are its support
+    data."""
+    meta_batch: PositiveInt = 4
+    """FTML: tasks drawn from the buffer for each step's meta-update."""
+    finetune_lr: PositiveFloat = 1e-3
+    """Adam's learning rate of the ``finetune`` and ``online_sgd`` baselines."""
+    finetune_steps: PositiveInt = 1
+    """Gradient steps of ``finetune`` and ``online_sgd`` on each revealed batch."""
+    switch_window: PositiveInt = 16
+    """Steps after each switch whose mean loss is reported as ``loss_after_switch``."""
+    pretrained: str | None = None
+    """The ``distmeta train`` run (folder) of the meta-learned starting point, meta-trained on
+    the in-distribution mode (this config's ``task`` section)."""
+    joint: str | None = None
+    """The ``distmeta train`` run (folder) of the jointly trained model (``algorithm.name:
+    joint``) that ``no_adaptation`` and ``finetune`` use."""
+    streams: PositiveInt = 1
+    """Streams run at once (a fleet), all reading and updating one set of meta-parameters;
+    with ``engine.name: ray`` they run in the task workers."""
+    steps_per_call: PositiveInt = 10
+    """Fleet on Ray: stream steps a worker runs on one read of the meta-parameters before it
+    sends their meta-gradient to the learner."""
+
+    @model_validator(mode="after")
+    def _probabilities(self) -> _StreamSection:
+        if not math.isclose(sum(self.mode_probs), 1.0, abs_tol=1e-9):
+            raise ValueError(f"mode_probs must sum to 1, got {list(self.mode_probs)}")
+        return self
+
+
+class SinusoidStreamConfig(_StreamSection):
+    """A switching sinusoid (MOCA's settings): in-distribution tasks are ``task.amplitude`` and
+    ``task.phase`` at frequency 1; the out-of-distribution modes are large amplitudes and
+    higher frequencies."""
+
+    name: Literal["sinusoid"] = "sinusoid"
+    """The stream: a switching sinusoid."""
+    points: PositiveInt = 10
+    """Labelled points per step, x uniform in ``task.x_range``."""
+    noise_var: NonNegativeFloat = 0.05
+    """Variance of the Gaussian observation noise."""
+    ood_amplitude: tuple[PositiveFloat, PositiveFloat] = (5.0, 10.0)
+    """Amplitudes of the first out-of-distribution mode."""
+    ood_frequency: tuple[PositiveFloat, PositiveFloat] = (1.5, 2.5)
+    """Frequencies of the second out-of-distribution mode."""
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> SinusoidStreamConfig:
+        _ordered_range(self.ood_amplitude, "ood_amplitude")
+        _ordered_range(self.ood_frequency, "ood_frequency")
+        return self
+
+
+class PendulumStreamConfig(_StreamSection):
+    """A pendulum whose physics switch between regimes: in-distribution regimes drawn from the
+    ``task`` ranges, regimes outside them, and in-distribution regimes with a crippled actuator
+    (its gain dropped or flipped, GrBAL's crippled joint). Regimes recur."""
+
+    name: Literal["pendulum"] = "pendulum"
+    """The stream: a pendulum whose physics switch."""
+    transitions: PositiveInt = 16
+    """Transitions per step, one rollout of the exploratory policy (uniform random torque)."""
+    regimes: PositiveInt = 4
+    """In-distribution regimes of a stream, drawn once from ``task.gravity``, ``task.mass``
+    and ``task.length``."""
+    ood_regimes: PositiveInt = 2
+    """Regimes of the first out-of-distribution mode, drawn once from the ``ood_`` ranges."""
+    ood_gravity: tuple[PositiveFloat, PositiveFloat] = (14.0, 18.0)
+    """Gravity of out-of-distribution regimes (m/s^2)."""
+    ood_mass: tuple[PositiveFloat, PositiveFloat] = (1.5, 2.0)
+    """Mass of out-of-distribution regimes (kg)."""
+    ood_length: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.2)
+    """Length of out-of-distribution regimes (m)."""
+    actuator_gains: tuple[float, ...] = Field((0.3, -1.0), min_length=1)
+    """Gains of the crippled actuator of the second out-of-distribution mode (the applied
+    torque is the gain times the commanded one): below 1 it dropped, below 0 it flipped."""
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> PendulumStreamConfig:
+        for field in ("ood_gravity", "ood_mass", "ood_length"):
+            _ordered_range(getattr(self, field), field)
+        return self
+
+
+class ImageStreamConfig(_StreamSection):
+    """Few-shot image classification as OSAKA streams it: in-distribution tasks from the
+    training alphabets of ``task.path``, out-of-distribution tasks from its validation
+    alphabets and from scikit-learn's 8x8 digits upsampled to the images' size."""
+
+    name: Literal["images"] = "images"
+    """The stream: few-shot image classification (Omniglot alphabets and digits)."""
+    ways: PositiveInt = 10
+    """Classes of a task (at most 10: the digits have 10)."""
+    shots: PositiveInt = 5
+    """Images per class in each step's batch."""
+
+    @model_validator(mode="after")
+    def _images_hold_still(self) -> ImageStreamConfig:
+        if self.drift:
+            raise ValueError("drift: image tasks have no parameters to drift; set it to 0")
+        if self.ways > 10:
+            raise ValueError(f"ways: the digits mode has 10 classes, got {self.ways}")
+        return self
+
+
+StreamConfig = Annotated[
+    SinusoidStreamConfig | PendulumStreamConfig | ImageStreamConfig, Field(discriminator="name")
+]
+
+STREAM_OF_TASK = {"sinusoid": "sinusoid", "pendulum": "pendulum", "fewshot": "images"}
+"""``task.name`` -> the ``stream.name`` whose in-distribution mode it is."""
+
+
 class ExperimentConfig(_Section):
     """One experiment: what to learn, how, where it runs and where it is recorded."""
 
@@ -544,6 +756,9 @@ class ExperimentConfig(_Section):
     """Where the run is recorded (MLflow)."""
     tune: TuneConfig | None = None
     """A hyperparameter search (``distmeta tune``); training ignores it."""
+    stream: StreamConfig | None = None
+    """Online learning on a stream of changing tasks (``distmeta stream``); training ignores
+    it, so ``distmeta train`` of the same file meta-trains the starting point."""
 
     @model_validator(mode="before")
     @classmethod
@@ -554,7 +769,23 @@ class ExperimentConfig(_Section):
             for section, kind in (("task", "sinusoid"), ("model", "mlp")):
                 if isinstance(raw.get(section), dict) and "name" not in raw[section]:
                     raw[section] = {"name": kind, **raw[section]}
+            stream = raw.get("stream")
+            if isinstance(stream, dict) and "name" not in stream:
+                task = raw.get("task")
+                task_name = task.get("name") if isinstance(task, dict) else "sinusoid"
+                raw["stream"] = {"name": STREAM_OF_TASK.get(task_name, task_name), **stream}
         return raw
+
+    @model_validator(mode="after")
+    def _stream_of_the_task(self) -> ExperimentConfig:
+        if self.stream is not None and self.stream.name != STREAM_OF_TASK[self.task.name]:
+            raise ValueError(
+                f"stream.name: a {self.stream.name} stream needs a "
+                f"{self.stream.name if self.stream.name != 'images' else 'fewshot'} task "
+                f"section (its in-distribution mode), the config has task.name "
+                f"{self.task.name}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _decay_within_run(self) -> ExperimentConfig:
@@ -615,7 +846,7 @@ class ExperimentConfig(_Section):
         return self
 
 
-_UNION_FIELDS = {"task", "model"}
+_UNION_FIELDS = {"task", "model", "stream"}
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -697,6 +928,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """The resolved config as plain YAML-able data (every default spelled out; no ``tune``
-    section unless there is one)."""
-    return config.model_dump(mode="json", exclude={"tune"} if config.tune is None else None)
+    """The resolved config as plain YAML-able data (every default spelled out; no ``tune`` or
+    ``stream`` section unless there is one; fields under their YAML names, ``stream.lambda``)."""
+    absent = {name for name in ("tune", "stream") if getattr(config, name) is None}
+    return config.model_dump(mode="json", exclude=absent or None, by_alias=True)

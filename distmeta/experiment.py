@@ -1,5 +1,6 @@
 """Build an experiment from its config: the task source, the model, the algorithm with its
-inner rule, and the plan of each step's tasks. One registry per kind.
+inner rule, and the plan of each step's tasks; for ``distmeta stream``, the streams and the
+online learners on them. One registry per kind.
 
 Every process (driver, Ray worker, learner, a loaded run) builds them the same way, so the
 same config and seed give the same initial weights and the same tasks everywhere. Adding a
@@ -15,6 +16,7 @@ from functools import partial
 from math import prod
 from typing import Any, Literal, Protocol, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,39 +24,72 @@ from distmeta.algorithms import (
     L2L,
     MAML,
     InnerRule,
+    Joint,
     LSTMRule,
     MetaAlgorithm,
     MetaSGDRule,
     Reptile,
     SGDRule,
 )
+from distmeta.algorithms.inner import Params
+from distmeta.algorithms.online import (
+    CMAML,
+    FTML,
+    FrozenMeta,
+    NoAdaptation,
+    OnlineLearner,
+    OnlineTraining,
+)
 from distmeta.config import (
     AlgorithmConfig,
     Conv4Config,
     ExperimentConfig,
     FewShotTaskConfig,
+    ImageStreamConfig,
     MLPConfig,
+    PendulumStreamConfig,
+    PendulumTaskConfig,
     QuadraticModelConfig,
     QuadraticTaskConfig,
+    SinusoidStreamConfig,
     SinusoidTaskConfig,
+    StreamConfig,
 )
 from distmeta.errors import ConfigError
 from distmeta.models import MLP, Conv4, QuadraticVariable
-from distmeta.tasks import MetaBatchPlan, Quadratic, Sinusoid, TaskSource, TrajectoryPlan
+from distmeta.tasks import (
+    MetaBatchPlan,
+    Quadratic,
+    Sinusoid,
+    SinusoidStream,
+    Stream,
+    SwitchingProcess,
+    TaskSource,
+    TrajectoryPlan,
+    task_rng,
+)
+from distmeta.tasks.switching import DRAWS
 
 __all__ = [
     "ALGORITHMS",
+    "BASELINES",
     "INNER_RULES",
     "MODELS",
+    "ONLINE_METHODS",
     "PLANS",
+    "STREAMS",
     "TASK_SOURCES",
     "Algorithm",
     "Experiment",
+    "OnlineStart",
     "Split",
     "TaskShape",
     "build_algorithm",
     "build_experiment",
+    "build_learners",
     "build_model",
+    "build_online_algorithm",
+    "build_stream",
     "build_task_source",
     "resolve_device",
 ]
@@ -146,6 +181,20 @@ def _fewshot(task: FewShotTaskConfig, config: ExperimentConfig, split: Split) ->
     )
 
 
+def _pendulum(task: PendulumTaskConfig, config: ExperimentConfig, split: Split) -> TaskSource:
+    from distmeta.tasks import PendulumDynamics  # brings gymnasium: only for pendulum tasks
+
+    shots, query = _sizes(task, config, split)
+    return PendulumDynamics(
+        shots=shots,
+        query=query,
+        gravity=task.gravity,
+        mass=task.mass,
+        length=task.length,
+        dtype=_dtype(config),
+    )
+
+
 def _sizes(task: Any, config: ExperimentConfig, split: Split) -> tuple[int, int]:
     """Support and query size of a task of ``split``: evaluation may set its own."""
     evaluating = split == "eval"
@@ -162,6 +211,7 @@ TASK_SOURCES: dict[str, Callable[[Any, ExperimentConfig, Split], TaskSource]] = 
     "sinusoid": _sinusoid,
     "fewshot": _fewshot,
     "quadratic": _quadratic,
+    "pendulum": _pendulum,
 }
 """``task.name`` -> the source of that section."""
 
@@ -234,10 +284,22 @@ def _l2l(spec: AlgorithmConfig, model: nn.Module, tasks: Any, rule: InnerRule) -
     )
 
 
+def _with_options(
+    constructor: Callable[[AlgorithmConfig], Callable[..., MetaAlgorithm]],
+) -> Callable[[AlgorithmConfig, nn.Module, Any, InnerRule], MetaAlgorithm]:
+    """A meta-algorithm whose constructor takes the options only it has from ``spec``."""
+    return lambda spec, model, tasks, rule: _meta_algorithm(
+        constructor(spec), spec, model, tasks, rule
+    )
+
+
 ALGORITHMS: dict[str, Callable[[AlgorithmConfig, nn.Module, Any, InnerRule], Algorithm]] = {
-    "maml": partial(_meta_algorithm, MAML),
-    "fomaml": partial(_meta_algorithm, partial(MAML, first_order=True)),
-    "reptile": partial(_meta_algorithm, Reptile),
+    "maml": _with_options(lambda spec: partial(MAML, step_loss_weights=spec.step_loss_weights)),
+    "fomaml": _with_options(
+        lambda spec: partial(MAML, first_order=True, step_loss_weights=spec.step_loss_weights)
+    ),
+    "reptile": _with_options(lambda spec: Reptile),
+    "joint": _with_options(lambda spec: Joint),
     "l2l": _l2l,
 }
 """``algorithm.name`` -> the algorithm, built from the algorithm section, the model, the task
@@ -299,3 +361,191 @@ def build_experiment(config: ExperimentConfig, device: torch.device | None = Non
     make_plan = PLANS.get(config.algorithm.name, MetaBatchPlan)
     plan = make_plan(config.seed, config.train.meta_batch_size)
     return Experiment(config, source, model, algorithm, plan, device, _dtype(config))
+
+
+# --- streams and the online learners on them ------------------------------------------------
+
+
+def _process(spec: StreamConfig) -> SwitchingProcess:
+    return SwitchingProcess(spec.alpha, spec.mode_probs)
+
+
+def _sinusoid_stream(
+    spec: SinusoidStreamConfig, config: ExperimentConfig, seed: int, index: int
+) -> Stream:
+    task = config.task
+    return SinusoidStream(
+        _process(spec),
+        seed,
+        index,
+        spec.steps,
+        points=spec.points,
+        amplitude=task.amplitude,
+        phase=task.phase,
+        x_range=task.x_range,
+        ood_amplitude=spec.ood_amplitude,
+        ood_frequency=spec.ood_frequency,
+        noise_var=spec.noise_var,
+        drift=spec.drift,
+        dtype=_dtype(config),
+    )
+
+
+def _pendulum_stream(
+    spec: PendulumStreamConfig, config: ExperimentConfig, seed: int, index: int
+) -> Stream:
+    from distmeta.tasks import PendulumStream  # brings gymnasium
+
+    task = config.task
+    return PendulumStream(
+        _process(spec),
+        seed,
+        index,
+        spec.steps,
+        transitions=spec.transitions,
+        gravity=task.gravity,
+        mass=task.mass,
+        length=task.length,
+        regimes=spec.regimes,
+        ood_gravity=spec.ood_gravity,
+        ood_mass=spec.ood_mass,
+        ood_length=spec.ood_length,
+        ood_regimes=spec.ood_regimes,
+        actuator_gains=spec.actuator_gains,
+        drift=spec.drift,
+        dtype=_dtype(config),
+    )
+
+
+def _image_stream(
+    spec: ImageStreamConfig, config: ExperimentConfig, seed: int, index: int
+) -> Stream:
+    from distmeta.tasks import DigitImages, FewShotImages, ImageStream  # pyarrow, scikit-learn
+
+    task = config.task
+
+    def alphabets(split: str) -> FewShotImages:
+        # A pool of classes: its tasks are never sampled whole, images_of draws each step's.
+        return FewShotImages(
+            task.path,
+            ways=spec.ways,
+            shots=spec.shots,
+            query=1,
+            rotations=task.rotations,
+            split=split,
+            val_fraction=task.val_fraction,
+            split_seed=task.split_seed,
+            split_by=task.split_by,
+            dtype=_dtype(config),
+        )
+
+    train, held_out = alphabets("train"), alphabets("val")
+    channels, height, width = train.input_shape
+    if channels != 1:
+        raise ConfigError(
+            f"stream: the digits mode is grayscale, task.path holds {channels}-channel images"
+        )
+    digits = DigitImages((height, width), dtype=_dtype(config))
+    try:
+        return ImageStream(
+            _process(spec),
+            seed,
+            index,
+            spec.steps,
+            (train, held_out, digits),
+            spec.ways,
+            spec.shots,
+        )
+    except ValueError as error:
+        raise ConfigError(f"stream.ways: {error}") from None
+
+
+STREAMS: dict[str, Callable[[Any, ExperimentConfig, int, int], Stream]] = {
+    "sinusoid": _sinusoid_stream,
+    "pendulum": _pendulum_stream,
+    "images": _image_stream,
+}
+"""``stream.name`` -> the stream of that section (its in-distribution mode from ``task``)."""
+
+
+def build_stream(config: ExperimentConfig, seed: int, index: int = 0) -> Stream:
+    """Stream ``index`` of ``seed`` as the config's ``stream`` section describes it."""
+    if config.stream is None:
+        raise ConfigError("stream: the config has no stream section")
+    build = _registered(STREAMS, config.stream.name, "stream.name")
+    return build(config.stream, config, seed, index)
+
+
+@dataclass(frozen=True)
+class OnlineStart:
+    """What every stream's learners start from: the pretrained run's config (its model and
+    algorithm), its meta-parameters, and the jointly trained model's parameters. Plain data,
+    so it travels to Ray workers."""
+
+    run_config: ExperimentConfig
+    meta_params: Params
+    joint_params: Params
+
+
+def build_online_algorithm(run_config: ExperimentConfig, stream: Stream) -> MetaAlgorithm:
+    """The algorithm and model of the pretrained run's config for ``stream``, its tasks run
+    one at a time and never compiled: an online step is one task (C-MAML) or a few (FTML),
+    where plain autograd beats ``vmap`` (a 40-40 MLP's meta-gradient of one sinusoid task:
+    8 against 27 ms on this project's busy 2-core machine) and compiling for each batch size
+    would cost more than it saves."""
+    spec = run_config.algorithm.model_copy(update={"compile": False, "execution": "loop"})
+    run_config = run_config.model_copy(update={"algorithm": spec})
+    return build_algorithm(run_config, build_model(run_config, stream), stream)
+
+
+ONLINE_METHODS: dict[
+    str, Callable[[StreamConfig, MetaAlgorithm, np.random.Generator, bool], OnlineLearner]
+] = {
+    "cmaml": lambda spec, algorithm, rng, told: CMAML(
+        algorithm, spec.gamma, spec.lambda_, spec.prolonged, spec.adapt_steps, told
+    ),
+    "ftml": lambda spec, algorithm, rng, told: FTML(
+        algorithm,
+        spec.gamma,
+        spec.buffer_tasks,
+        spec.buffer_batches,
+        spec.meta_batch,
+        rng,
+        spec.adapt_steps,
+        told,
+    ),
+}
+"""``stream.method`` -> the online meta-learner (called with the stream section, the
+algorithm, its random draws and whether it is told the switches: the oracle)."""
+
+BASELINES: dict[str, Callable[[StreamConfig, MetaAlgorithm, OnlineStart], OnlineLearner]] = {
+    "no_adaptation": lambda spec, algorithm, start: NoAdaptation(algorithm, start.joint_params),
+    "frozen_meta": lambda spec, algorithm, start: FrozenMeta(
+        algorithm, start.meta_params, spec.adapt_steps
+    ),
+    "finetune": lambda spec, algorithm, start: OnlineTraining(
+        algorithm, start.joint_params, spec.finetune_lr, spec.finetune_steps
+    ),
+    "online_sgd": lambda spec, algorithm, start: OnlineTraining(
+        algorithm, algorithm.init_params(), spec.finetune_lr, spec.finetune_steps
+    ),
+}
+"""The baselines that run beside every online method, by name."""
+
+
+def build_learners(
+    config: ExperimentConfig, start: OnlineStart, stream: Stream, seed: int, index: int = 0
+) -> dict[str, OnlineLearner]:
+    """Every learner on stream ``index`` of ``seed``: ``method`` (``stream.method``),
+    ``oracle`` (the same method told the switches) and the :data:`BASELINES`."""
+    spec = config.stream
+    if spec is None:
+        raise ConfigError("stream: the config has no stream section")
+    algorithm = build_online_algorithm(start.run_config, stream)
+    make = _registered(ONLINE_METHODS, spec.method, "stream.method")
+    learners = {
+        "method": make(spec, algorithm, task_rng(seed, 0, index, DRAWS["learner"]), False),
+        "oracle": make(spec, algorithm, task_rng(seed, 1, index, DRAWS["learner"]), True),
+    }
+    learners.update({name: build(spec, algorithm, start) for name, build in BASELINES.items()})
+    return learners

@@ -123,3 +123,40 @@ class StopAt:
 
     def on_end(self, *args):
         pass
+
+
+STREAM_BASE = {
+    "seed": 0,
+    "task": {"name": "sinusoid", "shots": 5, "query": 5},
+    "model": {"name": "mlp", "hidden": [16, 16]},
+    "algorithm": {"name": "maml", "inner_lr": 0.05, "inner_steps": 1, "outer_lr": 0.003},
+    "train": {"steps": 20, "meta_batch_size": 4, "checkpoint_every": 20, "log_every": 10},
+    "tracking": {"enabled": False},
+}
+"""A sinusoid experiment small enough to pretrain in seconds for stream tests."""
+
+
+@pytest.fixture(scope="session")
+def stream_runs(tmp_path_factory):
+    """``(pretrained, joint)``: run folders of a tiny MAML run and a tiny joint run of
+    :data:`STREAM_BASE`, the starting points of stream tests."""
+    import distmeta as dm
+    from distmeta.config import parse_config
+
+    root = tmp_path_factory.mktemp("stream-runs")
+    folders = []
+    for name in ("maml", "joint"):
+        raw = {**STREAM_BASE, "algorithm": {**STREAM_BASE["algorithm"], "name": name}}
+        dm.train(parse_config(raw), run_dir=str(root / name), progress=False)
+        folders.append(str(root / name))
+    return tuple(folders)
+
+
+def stream_config(runs, engine=None, **stream):
+    """:data:`STREAM_BASE` with a stream section starting from ``runs`` (``stream_runs``) and
+    an ``engine`` section."""
+    from distmeta.config import parse_config
+
+    pretrained, joint = runs
+    section = {"steps": 30, "alpha": 0.9, "pretrained": pretrained, "joint": joint, **stream}
+    return parse_config({**STREAM_BASE, "engine": engine or {}, "stream": section})

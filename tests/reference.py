@@ -39,20 +39,27 @@ def unrolled_adapt(forward, loss_fn, params, sx, sy, steps, lrs, create_graph):
     return fast
 
 
-def maml_reference(forward, loss_fn, params, batch, steps, lr, first_order=False):
-    """Mean over tasks of d(query loss after adaptation)/d(params)."""
+def maml_reference(forward, loss_fn, params, batch, steps, lr, first_order=False, weights=None):
+    """Mean over tasks of d(query loss after adaptation)/d(params); with ``weights`` (one per
+    step) of d(sum_s weights[s] * query loss after step s+1) / sum(weights)."""
+    weights = [0.0] * (steps - 1) + [1.0] if weights is None else weights
     total = None
     for i in range(len(batch)):
         sx, sy, qx, qy = batch.task(i)
         leaf = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
-        fast = unrolled_adapt(
-            forward, loss_fn, leaf, sx, sy, steps, dict.fromkeys(leaf, lr), not first_order
-        )
-        if first_order:
-            fast = {k: v.detach().requires_grad_() for k, v in fast.items()}
-            grads = torch.autograd.grad(loss_fn(forward(fast, qx), qy), list(fast.values()))
-        else:
-            grads = torch.autograd.grad(loss_fn(forward(fast, qx), qy), list(leaf.values()))
+        fast = leaf
+        grads = [torch.zeros_like(v) for v in leaf.values()]
+        for weight in weights:
+            fast = unrolled_adapt(
+                forward, loss_fn, fast, sx, sy, 1, dict.fromkeys(leaf, lr), not first_order
+            )
+            if first_order:
+                fast = {k: v.detach().requires_grad_() for k, v in fast.items()}
+                wrt = list(fast.values())
+            else:
+                wrt = list(leaf.values())
+            step = torch.autograd.grad(loss_fn(forward(fast, qx), qy), wrt, retain_graph=True)
+            grads = [g + weight / sum(weights) * s for g, s in zip(grads, step, strict=True)]
         total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]
     return {name: g / len(batch) for name, g in zip(params, total, strict=True)}
 

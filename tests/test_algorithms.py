@@ -66,6 +66,41 @@ def test_first_order_maml_equals_reference_and_differs_from_second_order(executi
     assert max((g[k] - second[k]).abs().max().item() for k in g) > 1e-6
 
 
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_with_a_loss_after_every_step_equals_reference(first_order, execution):
+    model, batch = _mlp(), _sinusoid_batch()
+    weights = [1.0, 0.0, 3.0]
+    algo = dm.algorithms.MAML(
+        model,
+        F.mse_loss,
+        0.1,
+        3,
+        first_order=first_order,
+        step_loss_weights=weights,
+        execution=execution,
+    )
+    params = algo.init_params()
+    g, metrics = algo.meta_gradient(params, batch)
+    expected = maml_reference(mlp_forward, F.mse_loss, params, batch, 3, 0.1, first_order, weights)
+    _assert_close(g, expected)
+    last_only = maml_reference(mlp_forward, F.mse_loss, params, batch, 3, 0.1, first_order)
+    assert max((g[k] - last_only[k]).abs().max().item() for k in g) > 1e-6
+    _, plain_metrics = dm.algorithms.MAML(
+        model, F.mse_loss, 0.1, 3, first_order=first_order, execution=execution
+    ).meta_gradient(params, batch)
+    assert metrics == plain_metrics  # the reported loss is the one after the last step
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [([1.0], "one weight per inner step"), ([1.0, -1.0], "non-negative"), ([0, 0], "sum")],
+)
+def test_step_loss_weights_are_checked(weights, message):
+    with pytest.raises(ValueError, match=message):
+        dm.algorithms.MAML(_mlp(), F.mse_loss, 0.1, 2, step_loss_weights=weights)
+
+
 def test_maml_matches_central_finite_differences():
     model = _mlp(hidden=(3,))
     batch = _sinusoid_batch(tasks=2, shots=4, query=4)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 from conftest import actor_pids
 
@@ -374,6 +375,23 @@ def test_workers_a_joined_cluster_cannot_place_fail_after_the_step_timeout(ray_c
     message = str(raised.value)
     assert "engine.workers: 2 workers of engine.worker_resources (0.5 CPU, 1 GPU each)" in message
     assert "0 GPU" in message and "holds 0 such workers" in message
+
+
+def test_workers_run_their_tasks_as_the_local_engine_would_on_their_device(ray_cluster, tmp_path):
+    """A worker builds its algorithm from the config as the local engine does, so it runs
+    its tasks as the local engine would on the worker's device (``execution: auto``: vmap
+    for this MLP on a CPU; on CUDA, what ``choose_execution`` gives there) and says so in
+    the pool's placement; a worker on a CPU has no GPU memory to report."""
+    config = _config(_ray(2))
+    local = build_experiment(config, torch.device("cpu")).algorithm
+    engine = build_engine(config, RunDir(tmp_path / "run"))
+    try:
+        chosen = [entry["execution"] for entry in engine.pool.placement]
+        assert chosen == [local.resolved_execution(torch.device("cpu"))] * 2 == ["vmap"] * 2
+        memory = [worker.device_memory.remote() for worker in engine.pool.workers]
+        assert ray.get(memory) == [None, None]
+    finally:
+        engine.close()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine's torch sees a GPU")

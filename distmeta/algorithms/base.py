@@ -166,6 +166,13 @@ class MetaAlgorithm(ABC):
         if nonzero:
             raise ValueError(f"params {nonzero} must be zero: the algorithm's zero_init names them")
 
+    def _steps(self, steps: int | None) -> int:
+        """Inner steps of an adaptation: ``steps``, or the algorithm's own when ``None``."""
+        steps = self.inner_steps if steps is None else steps
+        if steps < 0:
+            raise ValueError(f"steps must be non-negative, got {steps}")
+        return steps
+
     def _rule_at(self, inner_lr: float | None) -> InnerRule:
         """The inner rule, or plain SGD at ``inner_lr`` in its place (evaluation at another
         rate); a learned rule has no single rate to replace."""
@@ -281,11 +288,35 @@ class MetaAlgorithm(ABC):
             The model's parameters (``model.named_parameters`` names), detached.
         """
         self._check_params(params)
-        steps = self.inner_steps if steps is None else steps
-        if steps < 0:
-            raise ValueError(f"steps must be non-negative, got {steps}")
+        steps = self._steps(steps)
         rule = self._rule_at(inner_lr)
         return _detached(self._inner_loop(_detached(params), support_x, support_y, steps, rule))
+
+    def adapt_further(
+        self,
+        params: Params,
+        fast: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int | None = None,
+    ) -> Params:
+        """Fast weights ``fast`` (adapted from ``params`` earlier) after ``steps`` more steps
+        of the inner rule (its meta-parameters from ``params``; a rule's state starts afresh)
+        on a new support set: adaptation that goes on while a task lasts (C-MAML's
+        prolonged adaptation on a stream).
+
+        Returns:
+            The model's parameters (``model.named_parameters`` names), detached.
+        """
+        self._check_params(params)
+        steps = self._steps(steps)
+        if fast.keys() != set(self.model_param_names):
+            raise ValueError(
+                f"fast weights must hold the model's parameters {list(self.model_param_names)}, "
+                f"got {sorted(fast)}"
+            )
+        start = {**_detached(params), **_detached(fast)}
+        return _detached(self._inner_loop(start, support_x, support_y, steps))
 
     def meta_gradient(self, params: Params, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         """The meta-gradient averaged over the tasks of ``batch``, and mean metrics.
@@ -309,7 +340,7 @@ class MetaAlgorithm(ABC):
         device = next(iter(meta.values())).device
         one_task = partial(self._one_task, meta, batch)
         try:
-            if self._resolved_execution(device) == "vmap":
+            if self.resolved_execution(device) == "vmap":
                 total, stats = self._vmapped_sum(meta, batch)
             else:
                 total, stats = self._looped_sum(meta, batch, one_task, device)
@@ -343,7 +374,7 @@ class MetaAlgorithm(ABC):
         def curve(meta, sx, sy, qx, qy):
             return self._task_curve(meta, sx, sy, qx, qy, steps, rule)
 
-        if self._resolved_execution(device) == "vmap":
+        if self.resolved_execution(device) == "vmap":
             return vmap(curve, in_dims=(None, 0, 0, 0, 0), chunk_size=self.vmap_chunk_size)(
                 meta, batch.support_x, batch.support_y, batch.query_x, batch.query_y
             )
@@ -352,7 +383,9 @@ class MetaAlgorithm(ABC):
 
     # --- batching over tasks ---------------------------------------------------------------
 
-    def _resolved_execution(self, device: torch.device) -> Literal["loop", "vmap"]:
+    def resolved_execution(self, device: torch.device) -> Literal["loop", "vmap"]:
+        """How the tasks of a batch on ``device`` run: ``execution``, or what ``auto``
+        chooses there (:func:`~distmeta.algorithms.execution.choose_execution`)."""
         if self.execution == "auto":
             return choose_execution(self.model, device)
         return self.execution

@@ -239,7 +239,7 @@ class L2L:
             self.problems, names, [p * self.unroll for p in positions], self.unroll + 1
         )
         data = data.to(reference.device, reference.dtype)
-        if self._resolved_execution(reference.device) == "vmap":
+        if self.resolved_execution(reference.device) == "vmap":
             grads, stats, after = self._vmapped(phi, carried, data)
         else:
             grads, stats, after = self._looped(phi, carried, data)
@@ -268,7 +268,9 @@ class L2L:
         fast = {n: p.to(device=reference.device, dtype=reference.dtype) for n, p in initial.items()}
         return name, 0, _Carried(fast, self.inner_rule.init(phi, fast))
 
-    def _resolved_execution(self, device: torch.device) -> Literal["loop", "vmap"]:
+    def resolved_execution(self, device: torch.device) -> Literal["loop", "vmap"]:
+        """How the trajectories of a step on ``device`` run: ``execution``, or ``loop`` for
+        ``auto`` (as :meth:`MetaAlgorithm.resolved_execution` answers for the task workers)."""
         # Measured on a CPU (BENCHMARKS.md): an unroll's nested gradients run several times
         # slower under vmap than trajectory by trajectory, for the quadratic and for MLPs.
         return "loop" if self.execution == "auto" else self.execution

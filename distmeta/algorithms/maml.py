@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,6 +26,14 @@ class MAML(MetaAlgorithm):
         constants, so the meta-gradient is the query-loss gradient at the adapted weights and
         a rule's own meta-parameters get none.
 
+        With ``step_loss_weights`` the meta-loss is the weighted mean of the query losses
+        after every inner step, not only after the last (the multi-step loss of MAML++,
+        Antoniou et al. 2019). A loss after the last step alone lets meta-training learn an
+        initialisation whose curvature exceeds what the inner rate can descend twice: one
+        step that overshoots in the sharpest directions can still land well, the steps after
+        it then oscillate or diverge (the sinusoid study in BENCHMARKS.md). A loss after
+        every step holds each of them to account.
+
         Meta-SGD (Li et al., 2017) is MAML with the
         :class:`~distmeta.algorithms.inner.MetaSGDRule`.
 
@@ -34,6 +43,8 @@ class MAML(MetaAlgorithm):
         inner_lr: Plain SGD's inner step size (default 0.01), or give ``inner_rule``.
         inner_steps: Inner-loop steps per task (default 1).
         first_order: Drop second-order terms (default ``False``).
+        step_loss_weights: One non-negative weight per inner step for the query loss after
+            that step (normalised to sum to 1); ``None``: the loss after the last step only.
         **options: ``inner_rule``, ``execution``, ``vmap_chunk_size``, ``compile``,
             ``zero_init``, ``task_threads``: see :class:`MetaAlgorithm`.
 
@@ -50,22 +61,71 @@ class MAML(MetaAlgorithm):
         >>> metasgd = MAML(model, F.mse_loss, inner_rule=MetaSGDRule(0.01))
     """
 
-    def __init__(self, *args: Any, first_order: bool = False, **options: Any):
+    def __init__(
+        self,
+        *args: Any,
+        first_order: bool = False,
+        step_loss_weights: Sequence[float] | None = None,
+        **options: Any,
+    ):
         self.first_order = bool(first_order)
         super().__init__(*args, **options)
+        self.step_loss_weights = _normalised(step_loss_weights, self.inner_steps)
 
     def _task_gradient(
         self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
     ) -> tuple[Params, torch.Tensor]:
         if self.first_order:
-            fast = self._inner_loop(meta, sx, sy, self.inner_steps)
-            fast_grads, stats = grad(self._query_objective, has_aux=True)(fast, qx, qy)
-            grads = {name: torch.zeros_like(p) for name, p in meta.items()}
-            grads.update(fast_grads)
-            return grads, stats
+            grads: Params = {}
+            for weight, fast in self._weighted_steps(meta, sx, sy):
+                fast_grads, stats = grad(self._query_objective, has_aux=True)(fast, qx, qy)
+                for name, g in fast_grads.items():
+                    grads[name] = _plus(grads.get(name), weight, g)
+            # A rule's own meta-parameters (e.g. learned rates) get no first-order gradient.
+            zeros = {name: torch.zeros_like(p) for name, p in meta.items() if name not in grads}
+            return {name: grads[name] if name in grads else zeros[name] for name in meta}, stats
 
         def objective(meta: Params):
-            fast = self._inner_loop(meta, sx, sy, self.inner_steps)
-            return self._query_objective(fast, qx, qy)
+            loss = None
+            for weight, fast in self._weighted_steps(meta, sx, sy):
+                step_loss, stats = self._query_objective(fast, qx, qy)
+                loss = _plus(loss, weight, step_loss)
+            return loss, stats
 
         return grad(objective, has_aux=True)(meta)
+
+    def _weighted_steps(
+        self, meta: Params, sx: torch.Tensor, sy: torch.Tensor
+    ) -> list[tuple[float, Params]]:
+        """The fast weights whose query losses make the meta-loss, with their weights: after
+        the last inner step only (weight 1), or after every step with a positive weight.
+        The last entry is always the fully adapted weights (their metrics are reported)."""
+        if self.step_loss_weights is None:
+            return [(1.0, self._inner_loop(meta, sx, sy, self.inner_steps))]
+        seen: list[Params] = []
+        self._inner_loop(meta, sx, sy, self.inner_steps, observe=seen.append)
+        weighted = zip(self.step_loss_weights, seen[1:], strict=True)
+        return [
+            (w, fast) for i, (w, fast) in enumerate(weighted) if w > 0 or i == self.inner_steps - 1
+        ]
+
+
+def _plus(total: torch.Tensor | None, weight: float, term: torch.Tensor) -> torch.Tensor:
+    """``total + weight * term``, exactly ``term`` for the one unweighted loss of plain MAML."""
+    weighted = term if weight == 1.0 else weight * term
+    return weighted if total is None else total + weighted
+
+
+def _normalised(weights: Sequence[float] | None, steps: int) -> tuple[float, ...] | None:
+    if weights is None:
+        return None
+    weights = tuple(float(w) for w in weights)
+    if len(weights) != steps:
+        raise ValueError(
+            f"step_loss_weights needs one weight per inner step ({steps}), got {len(weights)}"
+        )
+    if any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(
+            f"step_loss_weights must be non-negative with a positive sum, got {list(weights)}"
+        )
+    return tuple(w / sum(weights) for w in weights)

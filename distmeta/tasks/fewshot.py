@@ -232,31 +232,26 @@ class FewShotImages:
         4``) and, from 4 on, its mirror image; without rotations 0 is upright and 1 mirrored."""
         rng = task_rng(seed, step, index)
         picks = rng.choice(self.classes, self.ways, replace=False)
-        classes = self._classes[picks // self._variants]
-        # Random keys, padding positions last: the first shots + query are distinct images.
-        keys = rng.random((self.ways, self._width))
-        keys[self._padding[classes]] = 2.0
         n = self.shots + self.query
-        positions = np.argsort(keys, axis=1)[:, :n]
-        rows = self._order[self._starts[classes][:, None] + positions]
+        rows = self._rows(picks, rng, n)
         offsets = rng.integers(0, 2 * self.shift + 1, (self.ways, n, 2)) if self.shift else None
         return rows, picks % self._variants, offsets
+
+    def _rows(self, picks: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Rows ``[len(picks), n]`` of ``n`` distinct random images of each picked class."""
+        classes = self._classes[picks // self._variants]
+        # Random keys, padding positions last: the first n are distinct images.
+        keys = rng.random((len(picks), self._width))
+        keys[self._padding[classes]] = 2.0
+        positions = np.argsort(keys, axis=1)[:, :n]
+        return self._order[self._starts[classes][:, None] + positions]
 
     def sample(self, seed: int, step: int, indices: Sequence[int]) -> TaskBatch:
         indices = list(indices)
         images = self._open()
         tasks = [self._draw(seed, step, i) for i in indices]
         rows = np.stack([task[0] for task in tasks])
-        variants = np.stack([task[1] for task in tasks])
-        turns = variants % self._turns
-        pixels = images.images(rows)  # [tasks, ways, shots + query, H, W, C]
-        mirrored = variants >= self._turns
-        if mirrored.any():
-            pixels[mirrored] = pixels[mirrored][:, :, :, ::-1]
-        for k in (1, 2, 3):
-            turned = turns == k
-            if turned.any():
-                pixels[turned] = np.rot90(pixels[turned], k, axes=(2, 3))
+        pixels = self._oriented(images, rows, np.stack([task[1] for task in tasks]))
         if self.shift:
             pixels = _shifted(pixels, np.stack([task[2] for task in tasks]), self.shift)
         if self._invert:
@@ -271,6 +266,47 @@ class FewShotImages:
             labels.repeat_interleave(self.query).repeat(len(indices), 1),
             ids,
         )
+
+    def _oriented(self, images: ImageSet, rows: np.ndarray, variants: np.ndarray) -> np.ndarray:
+        """``uint8`` pixels ``[tasks, ways, n, H, W, C]`` of ``rows`` ``[tasks, ways, n]``,
+        each class turned and mirrored as its variant ``[tasks, ways]`` says."""
+        turns = variants % self._turns
+        pixels = images.images(rows)
+        mirrored = variants >= self._turns
+        if mirrored.any():
+            pixels[mirrored] = pixels[mirrored][:, :, :, ::-1]
+        for k in (1, 2, 3):
+            turned = turns == k
+            if turned.any():
+                pixels[turned] = np.rot90(pixels[turned], k, axes=(2, 3))
+        return pixels
+
+    def images_of(
+        self, picks: np.ndarray, rng: np.random.Generator, per_class: int
+    ) -> torch.Tensor:
+        """``per_class`` distinct random images of each class of ``picks`` (class numbers in
+        ``0..classes-1``, rotations and reflections counted, as tasks number them), as network
+        inputs ``[len(picks) * per_class, C, H, W]``, class by class; never shifted. A stream
+        keeps its task's classes and draws new images of them at every step.
+
+        Raises:
+            ValueError: A class number is out of range, or ``per_class`` exceeds the images of
+                the smallest class of the split.
+        """
+        picks = np.asarray(picks, dtype=np.int64)
+        if picks.size and (picks.min() < 0 or picks.max() >= self.classes):
+            raise ValueError(f"class numbers must be in 0..{self.classes - 1}, got {picks}")
+        smallest = int(self._counts[self._classes].min())
+        if not 0 < per_class <= smallest:
+            raise ValueError(
+                f"per_class must be in 1..{smallest} (the smallest class of the {self.split} "
+                f"split of {self.path}), got {per_class}"
+            )
+        rows = self._rows(picks, rng, per_class)
+        pixels = self._oriented(self._open(), rows[None], (picks % self._variants)[None])
+        if self._invert:
+            np.subtract(255, pixels, out=pixels)
+        return self._inputs(pixels.transpose(0, 1, 2, 5, 3, 4))[0]
 
     def _inputs(self, pixels: np.ndarray) -> torch.Tensor:
         """``uint8`` ``[tasks, ways, n, C, H, W]`` to float ``[tasks, ways * n, C, H, W]``."""

@@ -44,7 +44,9 @@ class LearnerActor:
         initial: Flat initial meta-parameters.
         optimizer: ``"adam"`` or ``"sgd"``.
         lr: Outer learning rate (schedule).
-        run_dir: The run's folder (local path or URI), read only after a restart.
+        run_dir: The run's folder (local path or URI), read only after a restart; ``None``
+            for a learner that is not restarted (a stream fleet's, whose meta-parameters
+            have no checkpoints).
     """
 
     def __init__(
@@ -53,7 +55,7 @@ class LearnerActor:
         initial: np.ndarray,
         optimizer: str,
         lr: float | OuterLRSchedule,
-        run_dir: str,
+        run_dir: str | None,
     ):
         torch.set_num_threads(1)
         self.incarnation_id = uuid.uuid4().hex
@@ -63,7 +65,7 @@ class LearnerActor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own property
             self.restored = ray.get_runtime_context().was_current_actor_reconstructed
-        if self.restored:
+        if self.restored and run_dir is not None:
             checkpoint = RunDir(run_dir).latest_checkpoint()
             if checkpoint is not None:
                 self.learner.load_state_dict(checkpoint["engine"]["learner"])

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from distmeta.algorithms.gradient import GradientSum
+from distmeta.engine.fleet import StreamRecord
 
-__all__ = ["ParamsMessage", "SliceResult", "merge_results"]
+__all__ = ["ParamsMessage", "SliceResult", "StreamChunk", "merge_results"]
 
 _FLAT = "flat"
 """The one entry of a slice's sum as a :class:`GradientSum`: all parameters, flattened."""
@@ -101,3 +102,20 @@ def merge_results(results: list[SliceResult]) -> SliceResult:
         total.stats,
         max(r.compute_s for r in ordered),
     )
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """A fleet worker's report of one chunk of steps of its streams (the meta-gradients
+    travel apart, as one :class:`SliceResult` per meta-learned learner, straight to its
+    learner).
+
+    Args:
+        records: Each stream's record of the chunk's steps.
+        counts: Meta-gradients each learner's result sums (0: nothing to apply).
+        compute_s: Seconds the worker computed.
+    """
+
+    records: list[StreamRecord]
+    counts: dict[str, int]
+    compute_s: float

@@ -116,7 +116,8 @@ class WorkerPool:
         """Times Ray restarted each worker, as seen by the probes (:meth:`health`)."""
         self._losses: Counter[int] = Counter()
         self.placement = self._wait_ready(engine.step_timeout_s)
-        """Where each worker runs (``index``, ``device``, ``node``, ``pid``)."""
+        """Where each worker runs and how (``index``, ``device``, ``execution``, ``node``,
+        ``pid``)."""
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -188,13 +189,24 @@ class WorkerPool:
 
     def submit(self, index: int, *args: Any) -> ray.ObjectRef:
         """``workers[index].compute(*args)``, counted as in flight until :meth:`complete`."""
+        return self.call(index, "compute", *args)[0]
+
+    def call(
+        self, index: int, method: str, *args: Any, num_returns: int = 1
+    ) -> list[ray.ObjectRef]:
+        """``workers[index].<method>(*args)``'s ``num_returns`` results; the first counts as
+        in flight until :meth:`wait_any` returns it or :meth:`complete`."""
         if self.in_flight(index) >= self.max_in_flight:
             raise RuntimeError(
                 f"worker {index} already has {self.max_in_flight} requests in flight"
             )
-        ref = self.workers[index].compute.options(retry_exceptions=[TaskFailedError]).remote(*args)
-        self._in_flight[ref] = index
-        return ref
+        remote = getattr(self.workers[index], method).options(
+            retry_exceptions=[TaskFailedError], num_returns=num_returns
+        )
+        refs = remote.remote(*args)
+        refs = [refs] if num_returns == 1 else list(refs)
+        self._in_flight[refs[0]] = index
+        return refs
 
     def submit_slices(
         self, params: Any, step: int, bounds: list[tuple[int, int]]

@@ -12,11 +12,12 @@ import ray
 import torch
 
 from distmeta.config import parse_config
+from distmeta.engine.fleet import StreamShard, flat_sum, params_of
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.ray_engine.collective import GroupAddress, WorkerChannel, connect
-from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult
+from distmeta.engine.ray_engine.messages import ParamsMessage, SliceResult, StreamChunk
 from distmeta.errors import ClusterError
-from distmeta.experiment import build_experiment
+from distmeta.experiment import OnlineStart, build_experiment
 
 __all__ = ["TaskWorker"]
 
@@ -48,14 +49,31 @@ class TaskWorker:
         self.experiment = build_experiment(self.config, self.device)
         self.layout = ParamLayout.of(self.experiment.algorithm.init_params())
         self._channel: WorkerChannel | None = None
+        self._streams = StreamShard(self.config)
 
     def ready(self) -> dict[str, Any]:
-        """Where this worker runs (answers once the actor is constructed)."""
+        """Where this worker runs and how it runs its tasks there (``loop`` or ``vmap``,
+        chosen for its device as the local engine chooses for its own); answers once the
+        actor is constructed."""
         return {
             "index": self.index,
             "device": str(self.device),
+            "execution": self.experiment.algorithm.resolved_execution(self.device),
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
+        }
+
+    def device_memory(self) -> dict[str, int] | None:
+        """Bytes of its GPU that torch in this worker holds in tensors now (``allocated``),
+        at most since the worker started (``peak``) and in its cache (``reserved``);
+        ``None`` on a CPU. What a share of a GPU (``engine.worker_resources.num_gpus``
+        below 1) must leave room for: Ray divides GPUs between workers, not their memory."""
+        if self.device.type != "cuda":
+            return None
+        return {
+            "allocated": torch.cuda.memory_allocated(self.device),
+            "peak": torch.cuda.max_memory_allocated(self.device),
+            "reserved": torch.cuda.memory_reserved(self.device),
         }
 
     def compute(self, params: ParamsMessage, step: int, start: int, stop: int) -> SliceResult:
@@ -108,3 +126,52 @@ class TaskWorker:
             self._channel = None
             return "broken"
         return "done"
+
+    def advance_streams(
+        self,
+        start: OnlineStart,
+        seed: int,
+        indices: list[int],
+        first: int,
+        stop: int,
+        saved: list[ray.ObjectRef],
+        names: list[str],
+        *params: ParamsMessage,
+    ) -> tuple[Any, ...]:
+        """Steps ``first..stop-1`` of the fleet's streams ``indices`` (a stream fleet,
+        :mod:`.fleet`), every meta-learned learner ``names[i]`` reading ``params[i]``.
+
+        ``saved`` holds the reference to the learners' states the previous chunk returned
+        (empty for the first): fetched only if a stream must be rebuilt here (a restarted
+        worker), so a retried call computes what the lost one would have.
+
+        Returns:
+            The :class:`StreamChunk`, the learners' states after it, and one
+            :class:`SliceResult` per name: the sum of its meta-gradients, on the version it
+            read.
+        """
+        began = time.perf_counter()
+        layout = ParamLayout.of(start.meta_params)
+        dtype = next(iter(start.meta_params.values())).dtype
+        metas = {
+            name: params_of(layout, message.flat, dtype)
+            for name, message in zip(names, params, strict=True)
+        }
+        records, states, sums = self._streams.advance(
+            start, seed, indices, first, stop, metas, lambda: ray.get(saved[0])
+        )
+        seconds = time.perf_counter() - began
+        slices = [
+            SliceResult(
+                first,
+                0,
+                sums[name].count,
+                message.version,
+                *flat_sum(layout, sums[name]),
+                {},
+                seconds,
+            )
+            for name, message in zip(names, params, strict=True)
+        ]
+        counts = {name: sums[name].count for name in names}
+        return (StreamChunk(records, counts, seconds), states, *slices)

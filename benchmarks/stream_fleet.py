@@ -1,0 +1,85 @@
+"""A fleet of sinusoid streams on Ray (issue 18): stream steps per second on 1 and 2 workers,
+and whether the meta-parameters the fleet learns beat those any single stream learns alone.
+
+    python benchmarks/stream_fleet.py configs/stream_sinusoid.yaml --steps 50 --held-out 50
+
+1. Throughput: ``--streams`` streams of seed 0 (``--steps`` steps each) on ``engine.name: ray``
+   with 1, then 2 task workers; the fleet's own count of stream steps per second, once the
+   workers' processes are up.
+2. Quality: the C-MAML meta-parameters learned by the 2-worker fleet, and those learned by
+   each of ``--streams`` single streams of the same length (seeds 1, 2, ...; one stream each),
+   start 4 held-out streams (seed 1000, ``--held-out`` steps). Reported per start: the mean
+   online MSE of ``frozen_meta`` (those meta-parameters adapted on each previous batch, never
+   updated: the meta-parameters alone) and of C-MAML (which goes on meta-learning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import numpy as np
+
+from distmeta.config import load_config
+from distmeta.engine.fleet import LocalFleet
+from distmeta.engine.ray_engine.fleet import RayFleet
+from distmeta.runs import load_start
+
+
+def held_out_mse(config, start, meta, steps: int) -> dict[str, float]:
+    """Mean online MSE of ``frozen_meta`` and the method on 4 held-out streams from ``meta``."""
+    held = config.model_copy(
+        update={"stream": config.stream.model_copy(update={"streams": 4, "steps": steps})}
+    )
+    result = LocalFleet(held, dataclasses.replace(start, meta_params=meta)).run(seed=1000)
+    return {
+        name: float(np.mean([record.loss[name] for record in result.records]))
+        for name in ("frozen_meta", "method")
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--steps", type=int, default=50, help="steps of each learning stream")
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--held-out", type=int, default=50, help="steps of each held-out stream")
+    args = parser.parse_args()
+
+    base = load_config(args.config, ["tracking.enabled=false", f"stream.steps={args.steps}"])
+    start = load_start(base)
+    out: dict = {"steps": args.steps, "streams": args.streams, "held_out_steps": args.held_out}
+    fleet_meta = None
+    for workers in (1, 2):
+        config = load_config(
+            args.config,
+            [
+                "tracking.enabled=false",
+                f"stream.steps={args.steps}",
+                f"stream.streams={args.streams}",
+                "engine.name=ray",
+                f"engine.workers={workers}",
+            ],
+        )
+        fleet = RayFleet(config, start)
+        try:
+            fleet.pool.health(timeout=300)  # the workers' processes up before the clock starts
+            result = fleet.run(seed=0)
+        finally:
+            fleet.close()
+        out[f"stream_steps_per_s_{workers}_workers"] = result.stream_steps_per_s
+        fleet_meta = result.meta_params["method"]
+        print(json.dumps({workers: result.stream_steps_per_s}), flush=True)
+    out["speedup"] = out["stream_steps_per_s_2_workers"] / out["stream_steps_per_s_1_workers"]
+    out["held_out"] = {"fleet": held_out_mse(base, start, fleet_meta, args.held_out)}
+    out["held_out"]["pretrained"] = held_out_mse(base, start, start.meta_params, args.held_out)
+    for seed in range(1, args.streams + 1):
+        single = LocalFleet(base, start).run(seed=seed).meta_params["method"]
+        out["held_out"][f"single_seed{seed}"] = held_out_mse(base, start, single, args.held_out)
+        print(json.dumps({seed: out["held_out"][f"single_seed{seed}"]}), flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Continual-MAML (Caccia et al., 2020, OSAKA): fast adaptation on a stream, a switch test,
+and meta-updates only while the task holds."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from distmeta.algorithms.base import MetaAlgorithm
+from distmeta.algorithms.inner import Params
+from distmeta.algorithms.online.method import OnlineUpdate, cloned, loss_of, predict_with, scaled
+from distmeta.tasks.batch import TaskBatch
+
+__all__ = ["CMAML"]
+
+
+class CMAML:
+    """Continual-MAML: predict with fast weights, test for a switch, meta-update when none.
+
+    Description:
+        Each batch is predicted by the current fast weights. Once its labels are revealed, fast
+        weights are also adapted afresh from the meta-parameters on it (the algorithm's inner
+        loop); if the current fast weights' loss on the batch exceeds the fresh ones' loss
+        (on the same batch) by more than ``gamma``, a switch is declared: the fast weights
+        restart from the fresh ones and the meta-parameters are left alone, since the previous
+        batch belongs to another task. Fast weights whose loss is not finite (prolonged
+        adaptation that diverged) restart the same way. Otherwise the batch is the query set
+        of a meta-learning task whose support set is the previous batch: its meta-gradient
+        (the algorithm's, e.g. second-order MAML) is returned, scaled by
+        ``1 - exp(-lambda * loss)`` with the prediction's loss (OSAKA's update modulation: what
+        the model already predicts well barely moves it), and the fast weights keep adapting
+        on the new batch (``prolonged``) or are adapted afresh from the meta-parameters on it.
+        Learned per-parameter inner rates (OSAKA's optional ones) are the algorithm's
+        ``metasgd`` inner rule.
+
+        Told the switches (``told_switches``), it uses them instead of its test: the oracle,
+        which bounds what switch detection can gain.
+
+    Args:
+        algorithm: The meta-learning algorithm (inner loop and meta-gradient).
+        gamma: Switch threshold on the loss difference.
+        lambda_: Update modulation (large: every update in full).
+        prolonged: Keep adapting the fast weights while no switch is detected.
+        steps: Inner steps of each adaptation (``None``: the algorithm's own).
+        told_switches: Use the true switches (the oracle).
+
+    References:
+        Caccia, Rodriguez, Ostapenko, Normandin, Lin, Caccia, Laradji, Rish, Lacoste,
+        Vazquez, Charlin. Online Fast Adaptation and Knowledge Accumulation (OSAKA): a New
+        Approach to Continual Learning. NeurIPS 2020.
+
+    Example:
+        >>> learner = CMAML(run.algorithm, gamma=1.0, lambda_=1.0)
+        >>> prediction = learner.predict(meta, batch.x)
+        >>> update = learner.observe(meta, batch.x, batch.y)  # update.gradient, detected_switch
+    """
+
+    meta_learned = True
+
+    def __init__(
+        self,
+        algorithm: MetaAlgorithm,
+        gamma: float,
+        lambda_: float,
+        prolonged: bool = True,
+        steps: int | None = None,
+        told_switches: bool = False,
+    ):
+        if not lambda_ > 0:
+            raise ValueError(f"lambda must be positive, got {lambda_}")
+        self.algorithm, self.gamma, self.lambda_ = algorithm, float(gamma), float(lambda_)
+        self.prolonged, self.steps, self.told_switches = prolonged, steps, told_switches
+        self.fast: Params | None = None
+        self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def predict(self, meta: Params | None, x: torch.Tensor) -> torch.Tensor:
+        return predict_with(self.algorithm, self.fast, meta, x)
+
+    def observe(
+        self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None
+    ) -> OnlineUpdate:
+        algorithm = self.algorithm
+        fresh = algorithm.adapt(meta, x, y, self.steps)
+        if self.previous is None or self.fast is None:  # the stream's first batch
+            self.fast, self.previous = fresh, (x, y)
+            return OnlineUpdate(detected_switch=False)
+        loss = loss_of(algorithm, self.fast, x, y)
+        # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
+        # their loss can say nothing about the task, and it would scale the meta-update.
+        lost = not math.isfinite(loss)
+        if switch is not None:  # told the truth: the oracle
+            detected = bool(switch)
+        else:
+            detected = lost or loss - loss_of(algorithm, fresh, x, y) > self.gamma
+        gradient = None
+        if detected or lost:
+            self.fast = fresh
+        else:
+            before_x, before_y = self.previous
+            task = TaskBatch(before_x[None], before_y[None], x[None], y[None])
+            mean, _ = algorithm.meta_gradient(meta, task)
+            gradient = scaled(mean, 1.0 - math.exp(-self.lambda_ * loss))
+            if self.prolonged:
+                self.fast = algorithm.adapt_further(meta, self.fast, x, y, self.steps)
+            else:
+                self.fast = fresh
+        self.previous = (x, y)
+        return OnlineUpdate(gradient, detected)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fast": cloned(self.fast), "previous": self.previous}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fast, self.previous = cloned(state["fast"]), state["previous"]

@@ -1,0 +1,92 @@
+"""What every online learner on a stream answers: predict a batch, then learn from its labels.
+
+A learner never owns the meta-parameters it reads: the caller passes them in (a learner in
+this process, or the fleet's learner actor on Ray) and applies the meta-gradient the learner
+returns. So the same learner code runs alone on one stream and as one of many streams that
+share a set of meta-parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from distmeta.algorithms.base import MetaAlgorithm
+from distmeta.algorithms.inner import Params
+
+__all__ = ["OnlineLearner", "OnlineUpdate", "cloned", "loss_of", "predict_with", "scaled"]
+
+
+@dataclass(frozen=True)
+class OnlineUpdate:
+    """What a learner did with a revealed batch.
+
+    Args:
+        gradient: The meta-gradient to apply to the meta-parameters it read (already scaled
+            by the learner's modulation), or ``None`` for no meta-update.
+        detected_switch: Whether the learner declared that a new task began at this batch;
+            ``None`` for learners that do not look for switches.
+    """
+
+    gradient: Params | None = None
+    detected_switch: bool | None = None
+
+
+@runtime_checkable
+class OnlineLearner(Protocol):
+    """Predicts each batch of a stream before its labels are revealed, then learns from them.
+
+    ``meta`` is the current shared meta-parameters for learners that read them
+    (``meta_learned``), ``None`` for the others. ``switch`` is the truth about the stream and
+    reaches only learners that are told it (``told_switches``: the oracle).
+    """
+
+    meta_learned: bool
+    """Reads and updates the shared meta-parameters."""
+    told_switches: bool
+    """Is told where the switches are (the oracle): ``observe`` then gets ``switch``."""
+
+    def predict(self, meta: Params | None, x: torch.Tensor) -> torch.Tensor:
+        """The prediction for inputs ``x``, before their labels are known."""
+        ...
+
+    def observe(
+        self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None
+    ) -> OnlineUpdate:
+        """Learn from the revealed batch ``(x, y)``; the meta-gradient to apply, if any."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the learner carries between steps, so another process can go on."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def cloned(params: Params | None) -> Params | None:
+    """Detached copies (a state that must not alias the caller's tensors)."""
+    if params is None:
+        return None
+    return {name: p.detach().clone() for name, p in params.items()}
+
+
+def scaled(gradient: Params, weight: float) -> Params:
+    """``weight`` times every tensor of ``gradient``."""
+    return {name: g * weight for name, g in gradient.items()}
+
+
+def predict_with(
+    algorithm: MetaAlgorithm, fast: Params | None, start: Params | None, x: torch.Tensor
+) -> torch.Tensor:
+    """The prediction of the fast weights ``fast``, or of the parameters ``start`` they are
+    adapted from while there are none yet (a stream's first batch)."""
+    weights = fast if fast is not None else algorithm.model_params(start)
+    return algorithm.forward(weights, x)
+
+
+def loss_of(algorithm: MetaAlgorithm, weights: Params, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The loss of ``weights`` on ``(x, y)``, without a graph."""
+    with torch.no_grad():
+        return float(algorithm.loss_fn(algorithm.forward(weights, x), y))

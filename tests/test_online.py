@@ -1,0 +1,311 @@
+"""Online learners on streams: the prequential protocol, C-MAML's switch test and modulated
+meta-updates, FTML's buffer, the baselines, and learners that carry on from a saved state."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import distmeta as dm
+from distmeta.algorithms import MAML, Joint, MetaSGDRule
+from distmeta.algorithms.online import (
+    CMAML,
+    FTML,
+    FrozenMeta,
+    NoAdaptation,
+    OnlineTraining,
+    OnlineUpdate,
+    prequential_step,
+)
+from distmeta.engine.fleet import run_chunk
+from distmeta.tasks import SinusoidStream, StreamBatch, SwitchingProcess, TaskBatch
+
+LR = 0.3
+
+
+def _linear_algorithm(**options) -> MAML:
+    """A linear model y = w x + b whose inner loop (SGD at 0.3) fits a slope in a few steps."""
+    return MAML(dm.models.MLP(1, (), 1), F.mse_loss, inner_lr=LR, execution="loop", **options)
+
+
+def _zero(algorithm) -> dict[str, torch.Tensor]:
+    return {name: torch.zeros_like(p) for name, p in algorithm.init_params().items()}
+
+
+def _slopes(slopes: list[float], seed: int = 0) -> list[StreamBatch]:
+    """A scripted stream: step t is 10 points of y = slopes[t] * x, x uniform in [-1, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for step, slope in enumerate(slopes):
+        x = torch.rand(10, 1, generator=generator) * 2 - 1
+        switch = step > 0 and slope != slopes[step - 1]
+        batches.append(StreamBatch(step, x, slope * x, 0, switch, 0))
+    return batches
+
+
+# --- the prequential protocol -------------------------------------------------------------
+
+
+class Peeker:
+    """Would score perfectly if it could peek: predicts the labels it has been shown for the
+    same inputs, else zeros."""
+
+    meta_learned = False
+    told_switches = False
+
+    def __init__(self) -> None:
+        self.memory: dict[bytes, torch.Tensor] = {}
+
+    def predict(self, meta, x):
+        return self.memory.get(x.numpy().tobytes(), torch.zeros(x.shape[0], 1))
+
+    def observe(self, meta, x, y, switch=None):
+        self.memory[x.numpy().tobytes()] = y.clone()
+        return OnlineUpdate()
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_the_evaluator_never_shows_a_label_before_the_prediction():
+    stream = SinusoidStream(SwitchingProcess(0.9, (0.5, 0.25, 0.25)), 0, 0, 30)
+    peeker = Peeker()
+    record, _ = run_chunk(stream, {"peeker": peeker}, {}, 0, 30, 0, 0)
+    for step in range(30):
+        batch = stream.batch(step)
+        blind = float(F.mse_loss(torch.zeros_like(batch.y), batch.y))
+        assert record.loss["peeker"][step] == pytest.approx(blind)  # scored blind
+        assert float(F.mse_loss(peeker.predict(None, batch.x), batch.y)) == 0.0  # it now knows
+
+
+def test_a_step_scores_every_learner_and_passes_the_switch_to_the_oracle_only():
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    learners = {
+        "method": CMAML(algorithm, gamma=1e9, lambda_=1.0),
+        "oracle": CMAML(algorithm, gamma=1e9, lambda_=1.0, told_switches=True),
+    }
+    batches = _slopes([1.0, 1.0, -3.0])
+    metas = {"method": meta, "oracle": meta}
+    for batch in batches:
+        scores, gradients = prequential_step(learners, metas, batch, F.mse_loss)
+    assert scores["oracle"].detected_switch is True and scores["method"].detected_switch is False
+    assert "method" in gradients and "oracle" not in gradients  # no meta-update at a switch
+    assert scores["method"].accuracy is None
+
+
+# --- C-MAML ---------------------------------------------------------------------------------
+
+
+def test_cmaml_detects_the_one_switch_of_a_stream():
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    learner = CMAML(algorithm, gamma=1.0, lambda_=1.0)
+    detected = []
+    for batch in _slopes([1.0] * 20 + [-3.0] * 20):
+        learner.predict(meta, batch.x)
+        detected.append(learner.observe(meta, batch.x, batch.y).detected_switch)
+    assert detected[20] is True
+    assert not any(detected[:20]) and not any(detected[21:])
+
+
+def test_cmaml_restarts_fast_weights_that_diverged_without_a_meta_update():
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0)
+    first, second = _slopes([1.0, 1.0])
+    learner.observe(meta, first.x, first.y)
+    learner.fast = {name: torch.full_like(p, math.nan) for name, p in learner.fast.items()}
+    update = learner.observe(meta, second.x, second.y)
+    assert update.gradient is None and update.detected_switch is True
+    for name, value in algorithm.adapt(meta, second.x, second.y).items():
+        torch.testing.assert_close(learner.fast[name], value)
+
+
+def test_cmaml_meta_update_is_the_maml_gradient_of_the_last_two_batches_modulated():
+    algorithm = _linear_algorithm()
+    meta = {name: p + 0.1 for name, p in _zero(algorithm).items()}
+    learner = CMAML(algorithm, gamma=1e9, lambda_=0.7, prolonged=False)
+    first, second = _slopes([2.0, 2.0])
+    learner.observe(meta, first.x, first.y)
+    loss = float(F.mse_loss(learner.predict(meta, second.x), second.y))
+    update = learner.observe(meta, second.x, second.y)
+    expected, _ = algorithm.meta_gradient(
+        meta, TaskBatch(first.x[None], first.y[None], second.x[None], second.y[None])
+    )
+    weight = 1 - math.exp(-0.7 * loss)
+    for name in expected:
+        torch.testing.assert_close(update.gradient[name], weight * expected[name])
+    assert update.detected_switch is False
+
+
+def test_cmaml_prolonged_adaptation_keeps_adapting_and_fresh_restarts_each_step():
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    batches = _slopes([1.5] * 4)
+    prolonged = CMAML(algorithm, gamma=1e9, lambda_=1.0, prolonged=True)
+    fresh = CMAML(algorithm, gamma=1e9, lambda_=1.0, prolonged=False)
+    expected = None
+    for batch in batches:
+        prolonged.observe(meta, batch.x, batch.y)
+        fresh.observe(meta, batch.x, batch.y)
+        expected = (
+            algorithm.adapt(meta, batch.x, batch.y)
+            if expected is None
+            else algorithm.adapt_further(meta, expected, batch.x, batch.y)
+        )
+        for name in expected:
+            torch.testing.assert_close(prolonged.fast[name], expected[name])
+    last = batches[-1]
+    one_step = algorithm.adapt(meta, last.x, last.y)
+    for name in one_step:
+        torch.testing.assert_close(fresh.fast[name], one_step[name])
+
+
+def test_adapt_further_continues_the_inner_loop():
+    algorithm = MAML(dm.models.MLP(1, (8,), 1), F.mse_loss, inner_rule=MetaSGDRule(0.05))
+    params = algorithm.init_params()
+    (batch,) = _slopes([0.5])
+    two = algorithm.adapt(params, batch.x, batch.y, steps=2)
+    one = algorithm.adapt(params, batch.x, batch.y, steps=1)
+    for name, value in algorithm.adapt_further(params, one, batch.x, batch.y, steps=1).items():
+        torch.testing.assert_close(value, two[name])
+    with pytest.raises(ValueError, match="fast weights"):
+        algorithm.adapt_further(params, params, batch.x, batch.y)
+
+
+# --- FTML -----------------------------------------------------------------------------------
+
+
+def test_ftml_buffer_holds_the_recent_batches_of_the_recent_tasks():
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    learner = FTML(
+        algorithm,
+        gamma=1.0,
+        buffer_tasks=2,
+        buffer_batches=3,
+        meta_batch=2,
+        rng=np.random.default_rng(0),
+        told_switches=True,
+    )
+    slopes = [1.0] * 5 + [-2.0] * 2 + [3.0] * 4
+    batches = _slopes(slopes)
+    updates = [learner.observe(meta, b.x, b.y, b.switch) for b in batches]
+    assert updates[0].gradient is None  # no task holds two batches yet
+    assert all(u.gradient is not None for u in updates[1:])
+    assert [u.detected_switch for u in updates] == [b.switch for b in batches]
+    # The two most recent tasks, each with its three most recent batches (the same tensors).
+    assert len(learner.tasks) == 2
+    assert [x for x, _ in learner.tasks[0]] == [b.x for b in batches[5:7]]
+    assert [x for x, _ in learner.tasks[1]] == [b.x for b in batches[8:11]]
+    # The next batch is predicted by the meta-parameters adapted on the current task's data.
+    support_x = torch.cat([b.x for b in batches[8:11]])
+    support_y = torch.cat([b.y for b in batches[8:11]])
+    expected = algorithm.adapt(meta, support_x, support_y)
+    for name in expected:
+        torch.testing.assert_close(learner.fast[name], expected[name])
+
+
+def test_ftml_meta_update_is_the_meta_gradient_of_buffered_tasks_it_draws():
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    batches = _slopes([1.0, 1.0, 1.0, -1.0, -1.0])
+    learner = FTML(algorithm, 1.0, 10, 5, 3, np.random.default_rng(7), told_switches=True)
+    for batch in batches[:-1]:
+        learner.observe(meta, batch.x, batch.y, batch.switch)
+    rng = np.random.default_rng(7)
+    rng.bit_generator.state = learner.rng.bit_generator.state  # the draws it is about to make
+    last = batches[-1]
+    update = learner.observe(meta, last.x, last.y, last.switch)
+    tasks = [batches[0:3], batches[3:5]]
+    chosen = []
+    for pick in rng.integers(2, size=3):
+        support, query = rng.choice(len(tasks[pick]), size=2, replace=False)
+        s, q = tasks[pick][support], tasks[pick][query]
+        chosen.append((s.x, s.y, q.x, q.y))
+    expected, _ = algorithm.meta_gradient(meta, TaskBatch.stack(chosen))
+    for name in expected:
+        torch.testing.assert_close(update.gradient[name], expected[name])
+
+
+def test_ftml_refuses_a_buffer_that_cannot_hold_a_task():
+    with pytest.raises(ValueError, match="support and a query"):
+        FTML(_linear_algorithm(), 1.0, 4, 1, 2, np.random.default_rng(0))
+
+
+# --- baselines ------------------------------------------------------------------------------
+
+
+def test_baselines_do_what_their_names_say():
+    algorithm = _linear_algorithm()
+    start = {name: torch.full_like(p, 0.5) for name, p in algorithm.init_params().items()}
+    first, second = _slopes([2.0, 2.0])
+    fixed = NoAdaptation(algorithm, start)
+    frozen = FrozenMeta(algorithm, start)
+    trained = OnlineTraining(algorithm, start, lr=0.1, steps=5)
+    before = float(F.mse_loss(trained.predict(None, first.x), first.y))
+    for learner in (fixed, frozen, trained):
+        assert learner.observe(None, first.x, first.y).gradient is None
+    torch.testing.assert_close(fixed.predict(None, second.x), second.x * 0.5 + 0.5)
+    adapted = algorithm.adapt(start, first.x, first.y)
+    torch.testing.assert_close(frozen.predict(None, second.x), algorithm.forward(adapted, second.x))
+    assert float(F.mse_loss(trained.predict(None, first.x), first.y)) < before
+    assert torch.equal(start["net.0.weight"], torch.full((1, 1), 0.5))  # never written to
+
+
+@pytest.mark.parametrize("kind", ["cmaml", "ftml", "finetune", "frozen_meta"])
+def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
+    algorithm = _linear_algorithm()
+    meta = {name: p + 0.2 for name, p in _zero(algorithm).items()}
+    build = {
+        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0),
+        "ftml": lambda: FTML(algorithm, 0.5, 4, 3, 2, np.random.default_rng(3)),
+        "finetune": lambda: OnlineTraining(algorithm, meta, 0.05),
+        "frozen_meta": lambda: FrozenMeta(algorithm, meta),
+    }[kind]
+    batches = _slopes([1.0] * 6 + [-1.0] * 6)
+    original = build()
+    for batch in batches[:7]:
+        original.observe(meta, batch.x, batch.y)
+    resumed = build()
+    resumed.load_state_dict(original.state_dict())
+    for batch in batches[7:]:
+        torch.testing.assert_close(resumed.predict(meta, batch.x), original.predict(meta, batch.x))
+        a, b = original.observe(meta, batch.x, batch.y), resumed.observe(meta, batch.x, batch.y)
+        assert a.detected_switch == b.detected_switch
+        assert (a.gradient is None) == (b.gradient is None)
+        if a.gradient is not None:
+            for name in a.gradient:
+                torch.testing.assert_close(a.gradient[name], b.gradient[name])
+
+
+# --- joint training -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_joint_training_fits_the_pooled_data_of_every_task(execution):
+    model = dm.models.MLP(1, (8,), 1)
+    algorithm = Joint(model, F.mse_loss, inner_rule=MetaSGDRule(0.01), execution=execution)
+    params = algorithm.init_params()
+    batch = dm.tasks.Sinusoid(5, 5).sample(0, 0, range(3))
+    gradient, metrics = algorithm.meta_gradient(params, batch)
+    weights = {n: p.clone().requires_grad_() for n, p in algorithm.model_params(params).items()}
+    losses = []
+    for i in range(3):
+        sx, sy, qx, qy = batch.task(i)
+        x, y = torch.cat([sx, qx]), torch.cat([sy, qy])
+        losses.append(F.mse_loss(algorithm.forward(weights, x), y))
+    total = torch.stack(losses).mean()
+    expected = torch.autograd.grad(total, list(weights.values()))
+    for (name, _), value in zip(weights.items(), expected, strict=True):
+        torch.testing.assert_close(gradient[name], value)
+    assert all(not gradient[name].any() for name in params if name.startswith("inner_lr."))
+    assert metrics["loss"] == pytest.approx(float(total.detach()))
