@@ -1,5 +1,6 @@
-"""distmeta: exact meta-learning (MAML, first-order MAML, Reptile; SGD or Meta-SGD inner rules)
-from one process to a Ray cluster.
+"""distmeta: exact meta-learning (MAML, first-order MAML, Reptile; SGD, Meta-SGD or learned LSTM
+inner rules; learned optimizers meta-trained on whole trajectories) from one process to a Ray
+cluster.
 
 ``models``, ``algorithms`` and ``tasks`` load with the package; the engine, the config schema
 and the data tools (pydantic, pyarrow, rich, Pillow: about 40 MiB of resident memory) load on
@@ -23,7 +24,7 @@ from distmeta.errors import (
 )
 
 if TYPE_CHECKING:
-    from distmeta import data, engine, runs
+    from distmeta import data, engine, optim, runs
     from distmeta.config import ExperimentConfig, load_config
     from distmeta.runs import evaluate, load_run, train
 
@@ -37,6 +38,7 @@ _ON_FIRST_USE = {
     "load_config": ("distmeta.config", "load_config"),
     "evaluate": ("distmeta.runs", "evaluate"),
     "load_run": ("distmeta.runs", "load_run"),
+    "optim": ("distmeta.optim", None),
     "train": ("distmeta.runs", "train"),
 }
 """Public names imported on first access: ``name: (module, attribute or None for the module)``."""
@@ -68,6 +70,7 @@ __all__ = [
     "load_config",
     "load_run",
     "models",
+    "optim",
     "runs",
     "tasks",
     "train",

@@ -23,7 +23,15 @@ from rich.text import Text
 from distmeta.config import load_config
 from distmeta.data import ImageSet, prepare_imagefolder, prepare_omniglot
 from distmeta.errors import ConfigError, DistmetaError
-from distmeta.runs import Run, StreamReport, evaluate, load_run, train
+from distmeta.runs import (
+    EvalResult,
+    OptimizerComparison,
+    Run,
+    StreamReport,
+    evaluate_run,
+    load_run,
+    train,
+)
 
 __all__ = ["main"]
 
@@ -150,38 +158,67 @@ def _load(args: argparse.Namespace) -> Run:
     return load_run(args.run, args.overrides)
 
 
+def _show_adaptation(result: EvalResult) -> None:
+    table = Table(title=f"{result.tasks} fresh tasks")
+    table.add_column("steps", justify="right")
+    table.add_column("loss (finite tasks)", justify="right")
+    table.add_column("median", justify="right")
+    if result.accuracy is not None:
+        table.add_column("accuracy", justify="right")
+    diverging = any(result.diverged)
+    if diverging:
+        table.add_column("diverged", justify="right")
+    for i, step in enumerate(result.steps):
+        row = [
+            str(step),
+            f"{result.loss[i]:.4f} ± {result.loss_ci95[i]:.4f}",
+            f"{result.loss_median[i]:.4f}",
+        ]
+        if result.accuracy is not None:
+            row.append(f"{100 * result.accuracy[i]:.2f}% ± {100 * result.accuracy_ci95[i]:.2f}")
+        if diverging:
+            row.append(str(result.diverged[i]))
+        table.add_row(*row)
+    Console().print(table)
+    if diverging:
+        _err.print(
+            f"[yellow]warning[/]: {max(result.diverged)} of {result.tasks} tasks diverged "
+            "(their loss is not finite); the means are over the others"
+        )
+
+
+def _show_comparison(result: OptimizerComparison) -> None:
+    horizon, last = str(result.horizon), str(result.steps[-1])
+    table = Table(title=f"{result.problems} fresh problems, training horizon {horizon} steps")
+    for column in ("optimizer", "learning rate", f"log10 loss @{horizon}", f"@{last}"):
+        table.add_column(column, justify="left" if column == "optimizer" else "right")
+    if result.redraw_at is not None:
+        table.add_column(f"steps back after the redraw at {result.redraw_at}", justify="right")
+    for name, curve in result.curves.items():
+        row = [
+            name,
+            "learned" if curve.lr is None else f"{curve.lr:g}",
+            f"{curve.log10_final[horizon]:.3f}",
+            f"{curve.log10_final[last]:.3f}"
+            + (f" ({curve.diverged[-1]} diverged)" if curve.diverged[-1] else ""),
+        ]
+        if result.redraw_at is not None:
+            row.append("-" if curve.recovery_steps is None else str(curve.recovery_steps))
+        table.add_row(*row)
+    Console().print(table)
+
+
+_SHOW = {EvalResult: _show_adaptation, OptimizerComparison: _show_comparison}
+"""How ``distmeta eval`` prints each kind of evaluation as a table."""
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     run = _load(args)
-    result = evaluate(run, tasks=args.tasks, seed=args.seed)
-    if not args.json:
-        table = Table(title=f"{result.tasks} fresh tasks")
-        table.add_column("steps", justify="right")
-        table.add_column("loss (finite tasks)", justify="right")
-        table.add_column("median", justify="right")
-        if result.accuracy is not None:
-            table.add_column("accuracy", justify="right")
-        diverging = any(result.diverged)
-        if diverging:
-            table.add_column("diverged", justify="right")
-        for i, step in enumerate(result.steps):
-            row = [
-                str(step),
-                f"{result.loss[i]:.4f} ± {result.loss_ci95[i]:.4f}",
-                f"{result.loss_median[i]:.4f}",
-            ]
-            if result.accuracy is not None:
-                row.append(f"{100 * result.accuracy[i]:.2f}% ± {100 * result.accuracy_ci95[i]:.2f}")
-            if diverging:
-                row.append(str(result.diverged[i]))
-            table.add_row(*row)
-        Console().print(table)
-        if diverging:
-            _err.print(
-                f"[yellow]warning[/]: {max(result.diverged)} of {result.tasks} tasks diverged "
-                "(their loss is not finite); the means are over the others"
-            )
-    else:
+    result = evaluate_run(run, tasks=args.tasks, seed=args.seed)
+    if args.json:
         print(json.dumps(result.to_dict()))
+    else:
+        _SHOW[type(result)](result)
     return 0
 
 
@@ -418,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_train)
 
-    p = commands.add_parser("eval", help="evaluate a run on fresh tasks")
+    p = commands.add_parser(
+        "eval", help="evaluate a run on fresh tasks (a learned optimizer: against tuned ones)"
+    )
     p.add_argument("run", help="run directory, or a registered model: models:/NAME@ALIAS")
     _add_overrides(p)
     p.add_argument("--tasks", type=int, help="number of tasks (default: eval.tasks)")

@@ -37,11 +37,14 @@ __all__ = [
     "ExperimentConfig",
     "FewShotTaskConfig",
     "ImageStreamConfig",
+    "LSTMRuleConfig",
     "MLPConfig",
     "OuterLRDecay",
     "PBTConfig",
     "PendulumStreamConfig",
     "PendulumTaskConfig",
+    "QuadraticModelConfig",
+    "QuadraticTaskConfig",
     "SearchDimension",
     "SinusoidStreamConfig",
     "SinusoidTaskConfig",
@@ -50,6 +53,7 @@ __all__ = [
     "TrainConfig",
     "TrialResources",
     "TuneConfig",
+    "UnrollConfig",
     "WorkerResources",
     "apply_overrides",
     "config_to_dict",
@@ -135,6 +139,24 @@ class FewShotTaskConfig(_Section):
     (Omniglot's images_evaluation), else the validation classes."""
 
 
+class QuadraticTaskConfig(_Section):
+    """Batches of quadratic problems ``mean_b ||W_b x_b - y_b||^2`` (Andrychowicz et al., 2016),
+    the problems a learned optimizer (``algorithm.name: l2l``) is meta-trained on; the model
+    is ``model.name: quadratic`` (the variable ``x``)."""
+
+    name: Literal["quadratic"] = "quadratic"
+    """The task source: quadratic problems for a learned optimizer."""
+    problems: PositiveInt = 128
+    """Independent problems per trajectory, each its own ``x`` (128 in the reference)."""
+    dims: PositiveInt = 10
+    """Dimension of each problem's ``x``."""
+    init_std: NonNegativeFloat = 0.01
+    """Standard deviation of the initial ``x``."""
+    redraw_at: PositiveInt | None = None
+    """Optimizee step from which every ``W`` and ``y`` is drawn anew (a non-stationary
+    problem); ``None``: never."""
+
+
 class PendulumTaskConfig(_Section):
     """Pendulum dynamics (gymnasium's Pendulum): from a state and a torque, predict the change
     of state over one step, for a pendulum whose gravity, mass and length vary by task."""
@@ -160,7 +182,8 @@ class PendulumTaskConfig(_Section):
 
 
 TaskConfig = Annotated[
-    SinusoidTaskConfig | FewShotTaskConfig | PendulumTaskConfig, Field(discriminator="name")
+    SinusoidTaskConfig | FewShotTaskConfig | PendulumTaskConfig | QuadraticTaskConfig,
+    Field(discriminator="name"),
 ]
 
 
@@ -182,7 +205,14 @@ class Conv4Config(_Section):
     """Filters per convolution (64 for Omniglot, 32 for mini-ImageNet)."""
 
 
-ModelConfig = Annotated[MLPConfig | Conv4Config, Field(discriminator="name")]
+class QuadraticModelConfig(_Section):
+    """The variable ``x`` of the quadratic problems (``task.name: quadratic``)."""
+
+    name: Literal["quadratic"] = "quadratic"
+    """The optimizee: the quadratic problems' own variable, no network."""
+
+
+ModelConfig = Annotated[MLPConfig | Conv4Config | QuadraticModelConfig, Field(discriminator="name")]
 
 
 class OuterLRDecay(_Section):
@@ -198,6 +228,45 @@ class OuterLRDecay(_Section):
     """The rate reached at ``train.steps``, as a fraction of ``outer_lr``."""
 
 
+class LSTMRuleConfig(_Section):
+    """The learned optimizer of ``algorithm.inner_rule: lstm``: a coordinate-wise LSTM shared by
+    every parameter coordinate (Andrychowicz et al., 2016)."""
+
+    hidden: PositiveInt = 20
+    """Units per LSTM layer."""
+    layers: PositiveInt = 2
+    """LSTM layers."""
+    preprocess: bool = True
+    """Feed each coordinate ``(log|g| / p, sign g)`` instead of the raw gradient (the paper's
+    preprocessing: gradients of every magnitude on one scale)."""
+    p: PositiveFloat = 10.0
+    """Exponent of the preprocessing."""
+    scale: PositiveFloat = 0.1
+    """Factor on the LSTM's output: the scale of its first updates."""
+
+
+class UnrollConfig(_Section):
+    """Truncated backpropagation through time of ``algorithm.name: l2l``."""
+
+    length: PositiveInt = 20
+    """Optimizee steps per unroll (T): one outer step advances every trajectory by one."""
+    horizon: PositiveInt = 100
+    """Optimizee steps per trajectory (N), a multiple of ``length``."""
+    meta_loss: Literal["sum", "query"] = "sum"
+    """``sum`` of the optimizee losses along the unroll (the paper), or the ``query`` loss
+    after it (few-shot)."""
+    second_order: bool = False
+    """Differentiate through the gradients the learned optimizer reads (the paper does not)."""
+
+    @model_validator(mode="after")
+    def _whole_unrolls(self) -> UnrollConfig:
+        if self.horizon % self.length:
+            raise ValueError(
+                f"horizon ({self.horizon}) must be a multiple of length ({self.length})"
+            )
+        return self
+
+
 class AlgorithmConfig(_Section):
     """The meta-learning algorithm, its inner rule and its outer loop.
 
@@ -205,13 +274,15 @@ class AlgorithmConfig(_Section):
     Meta-SGD is ``name: maml`` with ``inner_rule: metasgd``.
     """
 
-    name: Literal["maml", "fomaml", "reptile", "joint"] = "maml"
-    """``maml`` (second order), ``fomaml`` (first order), ``reptile``, or ``joint`` (one model
-    fit to every task's data without adaptation: the jointly trained baseline of streams)."""
-    inner_rule: Literal["sgd", "metasgd"] = "sgd"
-    """How a task's fast weights move: ``sgd`` (plain gradient descent at ``inner_lr``) or
-    ``metasgd`` (a learned rate per parameter element, meta-learned with the
-    initialisation)."""
+    name: Literal["maml", "fomaml", "reptile", "joint", "l2l"] = "maml"
+    """``maml`` (second order), ``fomaml`` (first order), ``reptile``, ``joint`` (one model
+    fit to every task's data without adaptation: the jointly trained baseline of streams), or
+    ``l2l`` (meta-train the ``lstm`` rule alone on optimisation trajectories, Andrychowicz et
+    al., 2016)."""
+    inner_rule: Literal["sgd", "metasgd", "lstm"] = "sgd"
+    """How a task's fast weights move: ``sgd`` (plain gradient descent at ``inner_lr``),
+    ``metasgd`` (a learned rate per parameter element, meta-learned with the initialisation)
+    or ``lstm`` (a learned optimizer, ``algorithm.lstm``)."""
     inner_lr: PositiveFloat = 0.01
     """Step size of the inner loop (``metasgd``: the initial value of its learned rates)."""
     inner_steps: PositiveInt = 1
@@ -240,6 +311,10 @@ class AlgorithmConfig(_Section):
     compile: bool = False
     """``torch.compile`` the vectorised batch: tens of seconds once per process, several times
     faster steps for small models on long runs."""
+    lstm: LSTMRuleConfig = LSTMRuleConfig()
+    """The learned optimizer of ``inner_rule: lstm``."""
+    unroll: UnrollConfig = UnrollConfig()
+    """Trajectories and unrolls of ``name: l2l``."""
 
     @model_validator(mode="after")
     def _one_weight_per_step(self) -> AlgorithmConfig:
@@ -734,6 +809,39 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 f"eval.inner_lr sets the rate of the sgd inner rule; the "
                 f"{self.algorithm.inner_rule} rule learns its own"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _learned_optimizer(self) -> ExperimentConfig:
+        """The pairings a learned optimizer needs (``l2l``, ``lstm``, ``quadratic``)."""
+        algorithm = self.algorithm
+        if algorithm.name == "l2l" and algorithm.inner_rule != "lstm":
+            raise ValueError(
+                f"algorithm.inner_rule: l2l meta-trains a learned optimizer; write lstm, "
+                f"not {algorithm.inner_rule}"
+            )
+        if algorithm.name == "fomaml" and algorithm.inner_rule == "lstm":
+            raise ValueError(
+                "algorithm.inner_rule: first-order MAML gives an lstm rule no meta-gradient "
+                "(its weights would never train): use maml or reptile"
+            )
+        if (self.task.name == "quadratic") != (self.model.name == "quadratic"):
+            raise ValueError(
+                "model.name: the quadratic task optimises its own variable x: "
+                "task.name quadratic goes with model.name quadratic, and only with it"
+            )
+        if self.task.name == "quadratic" and algorithm.name != "l2l":
+            raise ValueError(
+                "algorithm.name: quadratic problems have no support and query sets: they "
+                "are for meta-training a learned optimizer (l2l)"
+            )
+        unrolls = algorithm.unroll.horizon // algorithm.unroll.length
+        if algorithm.name == "l2l" and self.train.checkpoint_every % unrolls:
+            raise ValueError(
+                f"train.checkpoint_every ({self.train.checkpoint_every}) must be a multiple of "
+                f"the {unrolls} unrolls of a trajectory (algorithm.unroll.horizon / length), "
+                "so that a resumed run starts its trajectories where an uninterrupted one does"
             )
         return self
 

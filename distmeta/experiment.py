@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from distmeta.algorithms import (
+    L2L,
     MAML,
     InnerRule,
     Joint,
+    LSTMRule,
     MetaAlgorithm,
     MetaSGDRule,
     Reptile,
@@ -47,19 +49,23 @@ from distmeta.config import (
     MLPConfig,
     PendulumStreamConfig,
     PendulumTaskConfig,
+    QuadraticModelConfig,
+    QuadraticTaskConfig,
     SinusoidStreamConfig,
     SinusoidTaskConfig,
     StreamConfig,
 )
 from distmeta.errors import ConfigError
-from distmeta.models import MLP, Conv4
+from distmeta.models import MLP, Conv4, QuadraticVariable
 from distmeta.tasks import (
     MetaBatchPlan,
+    Quadratic,
     Sinusoid,
     SinusoidStream,
     Stream,
     SwitchingProcess,
     TaskSource,
+    TrajectoryPlan,
     task_rng,
 )
 from distmeta.tasks.switching import DRAWS
@@ -70,8 +76,10 @@ __all__ = [
     "INNER_RULES",
     "MODELS",
     "ONLINE_METHODS",
+    "PLANS",
     "STREAMS",
     "TASK_SOURCES",
+    "Algorithm",
     "Experiment",
     "OnlineStart",
     "Split",
@@ -88,6 +96,9 @@ __all__ = [
 
 Split = Literal["train", "eval"]
 _Built = TypeVar("_Built")
+
+Algorithm = MetaAlgorithm | L2L
+"""What ``algorithm.name`` builds: an algorithm that answers ``meta_gradient(params, batch)``."""
 
 
 class TaskShape(Protocol):
@@ -107,7 +118,7 @@ class Experiment:
     config: ExperimentConfig
     source: TaskSource
     model: nn.Module
-    algorithm: MetaAlgorithm
+    algorithm: Algorithm
     plan: MetaBatchPlan
     device: torch.device
     dtype: torch.dtype
@@ -192,9 +203,14 @@ def _sizes(task: Any, config: ExperimentConfig, split: Split) -> tuple[int, int]
     return shots, query
 
 
+def _quadratic(task: QuadraticTaskConfig, config: ExperimentConfig, split: Split) -> Quadratic:
+    return Quadratic(task.problems, task.dims, task.init_std, task.redraw_at, dtype=_dtype(config))
+
+
 TASK_SOURCES: dict[str, Callable[[Any, ExperimentConfig, Split], TaskSource]] = {
     "sinusoid": _sinusoid,
     "fewshot": _fewshot,
+    "quadratic": _quadratic,
     "pendulum": _pendulum,
 }
 """``task.name`` -> the source of that section."""
@@ -214,28 +230,98 @@ def _conv4(spec: Conv4Config, tasks: TaskShape) -> nn.Module:
     return Conv4(channels, tasks.output_size, spec.hidden, image_size=height)
 
 
-MODELS: dict[str, Callable[[Any, TaskShape], nn.Module]] = {"mlp": _mlp, "conv4": _conv4}
+def _quadratic_variable(spec: QuadraticModelConfig, tasks: Any) -> nn.Module:
+    # The schema pairs this model with the quadratic task, which says how many problems.
+    return QuadraticVariable(tasks.problems, tasks.output_size)
+
+
+MODELS: dict[str, Callable[[Any, TaskShape], nn.Module]] = {
+    "mlp": _mlp,
+    "conv4": _conv4,
+    "quadratic": _quadratic_variable,
+}
 """``model.name`` -> the network of that section, sized for the tasks."""
 
 
 # --- algorithms and inner rules -----------------------------------------------------------
 
-ALGORITHMS: dict[str, Callable[[AlgorithmConfig], Callable[..., MetaAlgorithm]]] = {
-    "maml": lambda spec: partial(MAML, step_loss_weights=spec.step_loss_weights),
-    "fomaml": lambda spec: partial(
-        MAML, first_order=True, step_loss_weights=spec.step_loss_weights
-    ),
-    "reptile": lambda spec: Reptile,
-    "joint": lambda spec: Joint,
-}
-"""``algorithm.name`` -> the algorithm's constructor with the options only it takes (called
-then with the model, the loss and the options every algorithm takes)."""
 
-INNER_RULES: dict[str, Callable[[AlgorithmConfig], InnerRule]] = {
-    "sgd": lambda spec: SGDRule(spec.inner_lr),
-    "metasgd": lambda spec: MetaSGDRule(spec.inner_lr),
+def _meta_algorithm(
+    make: Callable[..., MetaAlgorithm],
+    spec: AlgorithmConfig,
+    model: nn.Module,
+    tasks: TaskShape,
+    rule: InnerRule,
+) -> MetaAlgorithm:
+    try:
+        # The schema checked every field but zero_init, whose names only the model knows.
+        return make(
+            model,
+            tasks.loss_fn(),
+            inner_steps=spec.inner_steps,
+            inner_rule=rule,
+            execution=spec.execution,
+            compile=spec.compile,
+            zero_init=spec.zero_init,
+            task_threads=spec.task_threads,
+        )
+    except ValueError as error:
+        raise ConfigError(f"algorithm.zero_init: {error}") from error
+
+
+def _l2l(spec: AlgorithmConfig, model: nn.Module, tasks: Any, rule: InnerRule) -> L2L:
+    unroll = spec.unroll
+    return L2L(
+        model,
+        tasks,
+        rule,
+        unroll=unroll.length,
+        horizon=unroll.horizon,
+        meta_loss=unroll.meta_loss,
+        second_order=unroll.second_order,
+        execution=spec.execution,
+        task_threads=spec.task_threads,
+    )
+
+
+def _with_options(
+    constructor: Callable[[AlgorithmConfig], Callable[..., MetaAlgorithm]],
+) -> Callable[[AlgorithmConfig, nn.Module, Any, InnerRule], MetaAlgorithm]:
+    """A meta-algorithm whose constructor takes the options only it has from ``spec``."""
+    return lambda spec, model, tasks, rule: _meta_algorithm(
+        constructor(spec), spec, model, tasks, rule
+    )
+
+
+ALGORITHMS: dict[str, Callable[[AlgorithmConfig, nn.Module, Any, InnerRule], Algorithm]] = {
+    "maml": _with_options(lambda spec: partial(MAML, step_loss_weights=spec.step_loss_weights)),
+    "fomaml": _with_options(
+        lambda spec: partial(MAML, first_order=True, step_loss_weights=spec.step_loss_weights)
+    ),
+    "reptile": _with_options(lambda spec: Reptile),
+    "joint": _with_options(lambda spec: Joint),
+    "l2l": _l2l,
 }
-"""``algorithm.inner_rule`` -> the rule, built from the algorithm section."""
+"""``algorithm.name`` -> the algorithm, built from the algorithm section, the model, the task
+source and the inner rule."""
+
+
+def _lstm(config: ExperimentConfig) -> LSTMRule:
+    spec = config.algorithm.lstm
+    return LSTMRule(spec.hidden, spec.layers, spec.preprocess, spec.p, spec.scale, config.seed)
+
+
+INNER_RULES: dict[str, Callable[[ExperimentConfig], InnerRule]] = {
+    "sgd": lambda config: SGDRule(config.algorithm.inner_lr),
+    "metasgd": lambda config: MetaSGDRule(config.algorithm.inner_lr),
+    "lstm": _lstm,
+}
+"""``algorithm.inner_rule`` -> the rule, built from the config (a learned rule's initial
+weights from the run's seed)."""
+
+PLANS: dict[str, type[MetaBatchPlan]] = {"l2l": TrajectoryPlan}
+"""``algorithm.name`` -> the plan of its steps, where it is not a plain meta-batch of tasks
+(:class:`~distmeta.tasks.MetaBatchPlan`)."""
 
 
 def build_task_source(config: ExperimentConfig, split: Split = "train") -> TaskSource:
@@ -257,25 +343,13 @@ def build_model(config: ExperimentConfig, tasks: TaskShape) -> nn.Module:
     return model.to(_dtype(config))
 
 
-def build_algorithm(config: ExperimentConfig, model: nn.Module, tasks: TaskShape) -> MetaAlgorithm:
-    """The configured algorithm with its inner rule, for ``model`` and the loss of ``tasks``."""
+def build_algorithm(config: ExperimentConfig, model: nn.Module, tasks: TaskShape) -> Algorithm:
+    """The configured algorithm with its inner rule, for ``model`` and the tasks (or problems)
+    of ``tasks``."""
     spec = config.algorithm
-    make = _registered(ALGORITHMS, spec.name, "algorithm.name")(spec)
-    rule = _registered(INNER_RULES, spec.inner_rule, "algorithm.inner_rule")(spec)
-    try:
-        # The schema checked every field but zero_init, whose names only the model knows.
-        return make(
-            model,
-            tasks.loss_fn(),
-            inner_steps=spec.inner_steps,
-            inner_rule=rule,
-            execution=spec.execution,
-            compile=spec.compile,
-            zero_init=spec.zero_init,
-            task_threads=spec.task_threads,
-        )
-    except ValueError as error:
-        raise ConfigError(f"algorithm.zero_init: {error}") from error
+    make = _registered(ALGORITHMS, spec.name, "algorithm.name")
+    rule = _registered(INNER_RULES, spec.inner_rule, "algorithm.inner_rule")(config)
+    return make(spec, model, tasks, rule)
 
 
 def build_experiment(config: ExperimentConfig, device: torch.device | None = None) -> Experiment:
@@ -284,7 +358,8 @@ def build_experiment(config: ExperimentConfig, device: torch.device | None = Non
     source = build_task_source(config)
     model = build_model(config, source).to(device)
     algorithm = build_algorithm(config, model, source)
-    plan = MetaBatchPlan(config.seed, config.train.meta_batch_size)
+    make_plan = PLANS.get(config.algorithm.name, MetaBatchPlan)
+    plan = make_plan(config.seed, config.train.meta_batch_size)
     return Experiment(config, source, model, algorithm, plan, device, _dtype(config))
 
 

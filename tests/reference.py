@@ -99,3 +99,60 @@ def maml_objective(forward, loss_fn, params, batch, steps, lr):
         fast = unrolled_adapt(forward, loss_fn, leaf, sx, sy, steps, dict.fromkeys(leaf, lr), False)
         losses.append(loss_fn(forward({k: v.detach() for k, v in fast.items()}, qx), qy))
     return torch.stack(losses).mean()
+
+
+def preprocess_reference(grad, p):
+    """The paper's preprocessing written out case by case (Andrychowicz et al., appendix A)."""
+    big = grad.abs() >= torch.exp(torch.tensor(-p, dtype=grad.dtype))
+    safe = torch.where(big, grad.abs(), torch.ones_like(grad))
+    first = torch.where(big, torch.log(safe) / p, -torch.ones_like(grad))
+    second = torch.where(big, torch.sign(grad), grad * torch.exp(torch.tensor(p, dtype=grad.dtype)))
+    return torch.stack([first, second], dim=1)
+
+
+def lstm_optimizer_reference(phi, layers, hidden, scale, preprocess, p=10.0):
+    """One step of a coordinate-wise LSTM optimizer built on ``torch.nn.LSTM`` (an
+    implementation independent of distmeta's): ``step(flat_grad, h, c) -> (update, h, c)``."""
+    inputs = 2 if preprocess else 1
+    lstm = torch.nn.LSTM(inputs, hidden, num_layers=layers).to(phi["lstm.out.weight"].dtype)
+    weights = {}
+    for k in range(layers):
+        weights[f"weight_ih_l{k}"] = phi[f"lstm.{k}.weight_ih"]
+        weights[f"weight_hh_l{k}"] = phi[f"lstm.{k}.weight_hh"]
+        weights[f"bias_ih_l{k}"] = phi[f"lstm.{k}.bias"]
+        weights[f"bias_hh_l{k}"] = torch.zeros_like(phi[f"lstm.{k}.bias"])
+
+    def step(grad, h, c):
+        x = preprocess_reference(grad, p) if preprocess else grad.unsqueeze(1)
+        out, (h, c) = torch.func.functional_call(lstm, weights, (x.unsqueeze(0), (h, c)))
+        update = out[0] @ phi["lstm.out.weight"].T + phi["lstm.out.bias"]
+        return scale * update.squeeze(1), h, c
+
+    return step
+
+
+def l2l_reference(forward, loss_fn, phi, step, theta, state, inputs, targets, unroll, second_order):
+    """Gradient with respect to the LSTM weights ``phi`` of the sum of the losses along one
+    unroll from ``theta`` (constants), each loss's gradient taken with ``create_graph=True``
+    (and cut with ``detach`` unless ``second_order``); returns the gradients and the
+    ``(theta, h, c)`` reached."""
+    leaf = {k: v.detach().clone().requires_grad_() for k, v in phi.items()}
+    update = step(leaf)
+    h, c = state
+    theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
+    total = 0.0
+    for k in range(unroll + 1):
+        loss = loss_fn(forward(theta, inputs[k]), targets[k])
+        if k > 0:
+            total = total + loss
+        if k == unroll:
+            break
+        grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
+        if not second_order:
+            grads = [g.detach() for g in grads]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        delta, h, c = update(flat, h, c)
+        pieces = delta.split([v.numel() for v in theta.values()])
+        theta = {n: v + d.view_as(v) for (n, v), d in zip(theta.items(), pieces, strict=True)}
+    grads = torch.autograd.grad(total, list(leaf.values()))
+    return dict(zip(leaf, grads, strict=True)), ({k: v.detach() for k, v in theta.items()}, h, c)

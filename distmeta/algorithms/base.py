@@ -36,10 +36,20 @@ from distmeta.algorithms.task_threads import TaskThreadPool
 from distmeta.errors import TaskFailedError
 from distmeta.tasks.batch import TaskBatch
 
-__all__ = ["LossFn", "MetaAlgorithm"]
+__all__ = ["LossFn", "MetaAlgorithm", "check_param_names"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _Result = TypeVar("_Result")
+
+
+def check_param_names(params: Params, names: Sequence[str]) -> None:
+    """Refuse ``params`` that are not a dict holding exactly the meta-parameters ``names``."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of tensors, got {type(params).__name__}")
+    if params.keys() != set(names):
+        missing = sorted(set(names) - params.keys())
+        extra = sorted(params.keys() - set(names))
+        raise ValueError(f"params do not match the algorithm: missing {missing}, extra {extra}")
 
 
 def _detached(params: Params) -> Params:
@@ -151,12 +161,7 @@ class MetaAlgorithm(ABC):
         return {name: params[name] for name in self.model_param_names}
 
     def _check_params(self, params: Params) -> None:
-        if not isinstance(params, dict):
-            raise TypeError(f"params must be a dict of tensors, got {type(params).__name__}")
-        if params.keys() != set(self.param_names):
-            missing = sorted(set(self.param_names) - params.keys())
-            extra = sorted(params.keys() - set(self.param_names))
-            raise ValueError(f"params do not match the algorithm: missing {missing}, extra {extra}")
+        check_param_names(params, self.param_names)
         nonzero = [name for name in self.zero_init if bool(params[name].any())]
         if nonzero:
             raise ValueError(f"params {nonzero} must be zero: the algorithm's zero_init names them")

@@ -12,12 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distmeta.algorithms import MetaAlgorithm
 from distmeta.config import ExperimentConfig, apply_overrides, parse_config
 from distmeta.engine import checkpoint_params
 from distmeta.engine.rundir import RunDir
 from distmeta.errors import CheckpointError, ConfigError, RunError
-from distmeta.experiment import TaskShape, build_experiment, build_model
+from distmeta.experiment import Algorithm, TaskShape, build_experiment, build_model
 
 __all__ = ["Run", "fit_params", "load_run"]
 
@@ -34,7 +33,7 @@ class Run:
     config: ExperimentConfig
     model: nn.Module
     params: dict[str, torch.Tensor]
-    algorithm: MetaAlgorithm
+    algorithm: Algorithm
     step: int
 
     def params_for(self, tasks: TaskShape) -> dict[str, torch.Tensor]:
@@ -60,7 +59,7 @@ class Run:
 
 
 def fit_params(
-    algorithm: MetaAlgorithm, stored: object, model: nn.Module | None = None
+    algorithm: Algorithm, stored: object, model: nn.Module | None = None
 ) -> dict[str, torch.Tensor] | None:
     """Stored meta-parameters made ready for ``algorithm`` (its device and dtype), or
     ``None`` when they do not fit it.
@@ -126,5 +125,6 @@ def load_run(
         )
     with torch.no_grad():
         for parameter_name, parameter in experiment.model.named_parameters():
-            parameter.copy_(params[parameter_name])
+            if parameter_name in params:  # a learned optimizer's run holds no initialisation
+                parameter.copy_(params[parameter_name])
     return Run(folder.uri, config, experiment.model, params, experiment.algorithm, at)

@@ -12,7 +12,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from distmeta.tasks.batch import TaskBatch, TaskId
-from distmeta.tasks.plan import MetaBatchPlan, StreamPlan
+from distmeta.tasks.optimizee import ProblemFamily, TrajectoryRequest, Unroll
+from distmeta.tasks.plan import MetaBatchPlan, StreamPlan, TrajectoryPlan
+from distmeta.tasks.quadratic import Quadratic
 from distmeta.tasks.sinusoid import Sinusoid
 from distmeta.tasks.sinusoid_stream import SinusoidStream
 from distmeta.tasks.source import TaskSource, task_rng
@@ -56,6 +58,8 @@ __all__ = [
     "PendulumDynamics",
     "PendulumSimulator",
     "PendulumStream",
+    "ProblemFamily",
+    "Quadratic",
     "Regime",
     "Schedule",
     "Sinusoid",
@@ -67,6 +71,9 @@ __all__ = [
     "TaskBatch",
     "TaskId",
     "TaskSource",
+    "TrajectoryPlan",
+    "TrajectoryRequest",
+    "Unroll",
     "split_classes",
     "task_rng",
 ]

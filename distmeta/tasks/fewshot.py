@@ -10,10 +10,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from distmeta.data.arrow import ImageSet
 from distmeta.errors import ConfigError, DataError
-from distmeta.tasks.batch import TaskBatch
+from distmeta.tasks.batch import TaskBatch, TaskId
+from distmeta.tasks.optimizee import fresh_params
 from distmeta.tasks.source import task_rng
 
 __all__ = ["FewShotImages", "Split", "split_classes"]
@@ -95,6 +97,10 @@ class FewShotImages:
         Pixels reach the network as ``x / 255`` in ``[0, 1]``; for sets marked ``invert``
         (Omniglot: black ink on white paper) as ``1 - x / 255``, so ink is 1 and background 0,
         as in MAML's data pipeline.
+
+        As a family of optimisation problems for a learned optimizer
+        (:class:`~distmeta.tasks.ProblemFamily`), a trajectory trains a freshly initialised
+        network on one task's support set, full batch, and its query set is held out.
 
         The image set is memory-mapped on first use and dropped when the object is pickled, so
         it travels to Ray workers as a few small index arrays; each worker maps the file itself
@@ -313,3 +319,23 @@ class FewShotImages:
 
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return F.cross_entropy
+
+    # --- as optimisation problems of a learned optimizer (ProblemFamily) ---------------------
+
+    def initial_params(self, model: nn.Module, name: TaskId) -> dict[str, torch.Tensor]:
+        """A freshly initialised ``model`` for the trajectory ``name``."""
+        return fresh_params(model, name)
+
+    def steps(self, name: TaskId, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task's support set at every optimizee step (full-batch training):
+        ``[count, ways * shots, C, H, W]`` images (one copy, expanded) and their labels."""
+        batch = self.sample(*name[:2], [name[2]])
+        return (
+            batch.support_x.expand(count, *batch.support_x.shape[1:]),
+            batch.support_y.expand(count, -1),
+        )
+
+    def query_set(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task's query images and labels."""
+        batch = self.sample(*name[:2], [name[2]])
+        return batch.query_x[0], batch.query_y[0]

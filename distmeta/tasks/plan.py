@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from distmeta.tasks.batch import TaskBatch, TaskId
+from distmeta.tasks.optimizee import TrajectoryRequest
 from distmeta.tasks.source import TaskSource
 
-__all__ = ["MetaBatchPlan", "StreamPlan"]
+__all__ = ["MetaBatchPlan", "StreamPlan", "TrajectoryPlan"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,26 @@ class MetaBatchPlan:
         parts = min(self.meta_batch_size, workers)
         edges = [self.meta_batch_size * i // parts for i in range(parts + 1)]
         return list(pairwise(edges))
+
+
+@dataclass(frozen=True)
+class TrajectoryPlan(MetaBatchPlan):
+    """Step ``t`` of meta-training a learned optimizer advances the trajectories in slots
+    ``0..meta_batch_size-1`` by one unroll each.
+
+    The slots are split among workers like a meta-batch (:meth:`slices`), so in sync mode a
+    worker always serves the same slots and keeps their trajectories between steps; which
+    trajectory a slot runs, and how far it is, is the algorithm's state
+    (:class:`~distmeta.algorithms.L2L`), so the plan names the slots instead of sampling
+    data.
+    """
+
+    def batch(
+        self, source: object, step: int, start: int = 0, stop: int | None = None
+    ) -> TrajectoryRequest:
+        """The request to advance slots ``start..stop-1`` at step ``step``."""
+        ids = self.task_ids(step, start, stop)
+        return TrajectoryRequest(self.seed, step, tuple(index for _, _, index in ids))
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from distmeta.tasks.batch import TaskBatch
+from distmeta.tasks.batch import TaskBatch, TaskId
+from distmeta.tasks.optimizee import fresh_params
 from distmeta.tasks.source import task_rng
 
 __all__ = ["Sinusoid"]
@@ -19,7 +21,10 @@ class Sinusoid:
     """Regress ``y = A sin(x - phase)`` from K points (Finn et al., 2017, section 5.1).
 
     Each task draws an amplitude, a phase and ``shots + query`` inputs uniformly from the
-    given ranges. The task ``(seed, step, index)`` is the same in every process.
+    given ranges. The task ``(seed, step, index)`` is the same in every process. As a family
+    of optimisation problems for a learned optimizer
+    (:class:`~distmeta.tasks.ProblemFamily`), a trajectory fits one sine with a freshly
+    initialised network from new points at every step.
 
     Args:
         shots: Support points per task (K).
@@ -72,6 +77,27 @@ class Sinusoid:
 
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return F.mse_loss
+
+    # --- as optimisation problems of a learned optimizer (ProblemFamily) ---------------------
+
+    def initial_params(self, model: nn.Module, name: TaskId) -> dict[str, torch.Tensor]:
+        """A freshly initialised ``model`` for the trajectory ``name``."""
+        return fresh_params(model, name)
+
+    def steps(self, name: TaskId, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``shots`` new points of the sine ``name`` at each optimizee step (stochastic
+        optimisation, like the paper's MNIST minibatches): ``[count, shots, 1]`` each."""
+        amplitude, phase = self.parameters_of(*name)
+        steps = range(first, first + count)
+        draws = [task_rng(*name, stream=2 + k).random(self.shots) for k in steps]
+        x = _scale(np.stack(draws), self.x_range)
+        y = amplitude * np.sin(x - phase)
+        return tuple(torch.from_numpy(a).to(self.dtype).unsqueeze(-1) for a in (x, y))
+
+    def query_set(self, name: TaskId) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task's own ``query`` points (those of :meth:`sample`)."""
+        batch = self.sample(*name[:2], [name[2]])
+        return batch.query_x[0], batch.query_y[0]
 
 
 def _scale(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:

@@ -151,6 +151,12 @@ def export_model(
     if not folder.exists():
         raise RunError(f"run directory {folder.uri} does not exist")
     run = load_run(folder.uri)
+    if run.config.algorithm.name == "l2l":
+        raise RunError(
+            f"{folder.uri} meta-trained a learned optimizer (algorithm.name: l2l), not a model "
+            "that adapts: use it as distmeta.optim.LearnedOptimizer(params, run=...) with this "
+            "folder, or runs:/<MLflow run id> of its tracked run"
+        )
     if alias is not None:
         _check_alias(alias)
     uri = _export_uri(tracking_uri, folder, run)

@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from distmeta.config import ExperimentConfig, config_to_dict
 from distmeta.engine.rundir import CONFIG_FILE, FINAL_FILE, MetricsLog, RunDir
 from distmeta.errors import TrackingError
-from distmeta.runs import TrainResult, evaluate, load_run
+from distmeta.runs import TrainResult, curve_of_run, load_run
 from distmeta.tracking.link import TrackingLink, read_link, write_link
 from distmeta.tracking.plots import plot_adaptation_curve, plot_learning_curve
 from distmeta.tracking.provenance import flatten_config, provenance_tags
@@ -264,7 +264,7 @@ class MLflowTracker:
             plot_learning_curve(records, scratch / "learning_curve.png", f"{name}: meta-training")
             self.client.log_artifact(self.run_id, str(scratch / "learning_curve.png"), "plots")
         run = load_run(run_dir.uri)
-        result = evaluate(run, tasks=min(run.config.eval.tasks, ADAPTATION_TASKS))
+        result = curve_of_run(run, tasks=min(run.config.eval.tasks, ADAPTATION_TASKS))
         title = f"{name}: adaptation on {result.tasks} fresh tasks"
         plot_adaptation_curve(result, scratch / "adaptation_curve.png", title)
         self.client.log_artifact(self.run_id, str(scratch / "adaptation_curve.png"), "plots")

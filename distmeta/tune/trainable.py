@@ -21,7 +21,7 @@ from ray import tune
 from distmeta.config import ExperimentConfig, TuneConfig
 from distmeta.engine.rundir import CONFIG_FILE, FINAL_FILE, RunDir
 from distmeta.errors import CheckpointError
-from distmeta.runs import TrainResult, evaluate, load_run, train
+from distmeta.runs import TrainResult, curve_of_run, load_run, train
 from distmeta.tune.space import trial_config
 
 __all__ = ["RUN_FOLDER", "TRIAL_TAG", "TuneReporter", "checkpoint_metrics", "make_trainable"]
@@ -35,8 +35,10 @@ TRIAL_TAG = "distmeta.tune.trial"
 def checkpoint_metrics(run_dir: RunDir, step: int, tasks: int) -> dict[str, float]:
     """``val_loss`` (and ``val_accuracy``) of the checkpoint of ``step``: the query metrics
     after ``eval.inner_steps`` adaptation steps on ``tasks`` tasks of the evaluation split,
-    exactly as :func:`~distmeta.runs.evaluate` measures the finished run."""
-    result = evaluate(load_run(run_dir.uri, step=step), tasks=tasks)
+    exactly as :func:`~distmeta.runs.evaluate` measures the finished run (a learned
+    optimizer: the loss of fresh problems at its training horizon,
+    :func:`~distmeta.runs.curve_of_run`)."""
+    result = curve_of_run(load_run(run_dir.uri, step=step), tasks=tasks)
     metrics = {"val_loss": result.loss[-1]}
     if result.accuracy is not None:
         metrics["val_accuracy"] = result.accuracy[-1]

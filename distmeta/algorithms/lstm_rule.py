@@ -1,0 +1,182 @@
+"""A learned optimizer as an inner rule: a coordinate-wise two-layer LSTM (Andrychowicz et al.,
+2016), the update rule of the LSTM meta-learner of Ravi & Larochelle (2017) in this house.
+
+One small LSTM is shared by every coordinate of every parameter: each coordinate is a row of a
+batch, with its own hidden and cell state, so the rule has the same few thousand weights
+whatever the size of the network it trains. The update is ``theta <- theta + g_phi(grad,
+state)``. Its weights are meta-parameters (they join the algorithm's, under ``lstm.``), so
+every algorithm differentiates the task's objective with respect to them: an LSTM whose
+weights are not meta-parameters would never learn (tests/test_lstm_rule.py checks that
+meta-training moves every one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from distmeta.algorithms.inner import Params
+
+__all__ = ["LSTMRule", "LSTMState", "lstm_update", "preprocess_gradient"]
+
+LSTMState = dict[str, torch.Tensor]
+"""``h`` and ``c``: ``[layers, coordinates, hidden]`` each."""
+
+
+def preprocess_gradient(grad: torch.Tensor, p: float) -> torch.Tensor:
+    """The paper's gradient preprocessing (Andrychowicz et al., 2016, appendix A): each
+    coordinate becomes ``(log|g| / p, sign g)`` when ``|g| >= e^-p``, else ``(-1, e^p g)``.
+
+    Gradients of very different magnitudes reach the LSTM on one scale: the first feature
+    carries the magnitude, the second the sign. Returns ``[..., 2]``.
+    """
+    large = grad.abs() >= math.exp(-p)
+    magnitude = torch.where(large, grad.abs().clamp_min(math.exp(-p)).log() / p, -1.0)
+    direction = torch.where(large, grad.sign(), grad * math.exp(p))
+    return torch.stack([magnitude, direction], dim=-1)
+
+
+def lstm_update(
+    phi: Params, features: torch.Tensor, state: LSTMState, layers: int, scale: float
+) -> tuple[torch.Tensor, LSTMState]:
+    """One step of the coordinate-wise LSTM: ``[coordinates, inputs]`` features in, the
+    update of every coordinate (``[coordinates]``) and the new state out.
+
+    A pure function of the weights ``phi`` (``lstm.<layer>.weight_ih``, ``.weight_hh``,
+    ``.bias``, ``lstm.out.weight``, ``lstm.out.bias``), so that it runs under ``vmap`` and is
+    differentiated with respect to them.
+    """
+    hs, cs = [], []
+    x = features
+    for layer in range(layers):
+        name = f"lstm.{layer}."
+        gates = (
+            x @ phi[name + "weight_ih"].T + state["h"][layer] @ phi[name + "weight_hh"].T
+        ) + phi[name + "bias"]
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * state["c"][layer] + torch.sigmoid(i) * torch.tanh(g)
+        x = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(x)
+        cs.append(c)
+    out = x @ phi["lstm.out.weight"].T + phi["lstm.out.bias"]
+    return scale * out.squeeze(-1), {"h": torch.stack(hs), "c": torch.stack(cs)}
+
+
+class LSTMRule:
+    """A coordinate-wise LSTM that turns each coordinate's gradient into its update.
+
+    Description:
+        Every coordinate of the fast weights is one row of a batch through the same LSTM of
+        ``layers`` layers of ``hidden`` units, followed by a linear output times ``scale``:
+        ``theta <- theta + scale * W_out h_t``. Its input is the gradient, preprocessed as in
+        the paper (:func:`preprocess_gradient`) or raw. Its weights (``lstm.*``) are
+        meta-parameters, initialised like ``torch.nn.LSTM`` and ``torch.nn.Linear`` from a
+        generator seeded with ``seed``, so every process builds the same ones. Its state
+        (hidden and cell state of every coordinate) starts at zero for each task or
+        trajectory.
+
+        As an inner rule of :class:`~distmeta.algorithms.MAML` or
+        :class:`~distmeta.algorithms.Reptile` it is meta-trained together with the
+        initialisation (Ravi & Larochelle, 2017); :class:`~distmeta.algorithms.L2L`
+        meta-trains it alone on whole optimisation trajectories (Andrychowicz et al., 2016);
+        :class:`distmeta.optim.LearnedOptimizer` uses a trained one as a ``torch.optim``
+        optimizer.
+
+    Args:
+        hidden: Units per LSTM layer (default 20, the paper's).
+        layers: LSTM layers (default 2).
+        preprocess: Feed ``(log|g| / p, sign g)`` instead of the raw gradient.
+        p: The preprocessing's exponent (default 10).
+        scale: Factor on the LSTM's output (the update's initial scale).
+        seed: Seed of the initial weights.
+
+    References:
+        Andrychowicz et al. Learning to learn by gradient descent by gradient descent.
+        NeurIPS 2016.
+        Ravi, Larochelle. Optimization as a Model for Few-Shot Learning. ICLR 2017.
+
+    Example:
+        >>> rule = LSTMRule(hidden=20, layers=2, preprocess=True, scale=0.1)
+        >>> algo = MAML(MLP(1, (40, 40), 1), F.mse_loss, inner_rule=rule, inner_steps=5)
+        >>> params = algo.init_params()  # the network's weights and lstm.*
+    """
+
+    prefix = "lstm."
+
+    def __init__(
+        self,
+        hidden: int = 20,
+        layers: int = 2,
+        preprocess: bool = True,
+        p: float = 10.0,
+        scale: float = 0.1,
+        seed: int = 0,
+    ):
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"layers must be a positive integer, got {layers!r}")
+        if not p > 0:
+            raise ValueError(f"the preprocessing exponent p must be positive, got {p}")
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.hidden, self.layers = hidden, layers
+        self.preprocess, self.p = bool(preprocess), float(p)
+        self.scale, self.seed = float(scale), int(seed)
+
+    @property
+    def inputs(self) -> int:
+        """Features per coordinate."""
+        return 2 if self.preprocess else 1
+
+    def meta_params(self, model_params: Params) -> Params:
+        reference = next(iter(model_params.values()))
+        generator = torch.Generator().manual_seed(self.seed)
+        bound = 1.0 / math.sqrt(self.hidden)
+
+        def uniform(*shape: int) -> torch.Tensor:
+            values = torch.rand(shape, generator=generator, dtype=torch.float64)
+            return ((2 * values - 1) * bound).to(device=reference.device, dtype=reference.dtype)
+
+        weights = {}
+        fan_in = self.inputs
+        for layer in range(self.layers):
+            name = f"{self.prefix}{layer}."
+            weights[name + "weight_ih"] = uniform(4 * self.hidden, fan_in)
+            weights[name + "weight_hh"] = uniform(4 * self.hidden, self.hidden)
+            weights[name + "bias"] = uniform(4 * self.hidden)
+            fan_in = self.hidden
+        weights[self.prefix + "out.weight"] = uniform(1, self.hidden)
+        weights[self.prefix + "out.bias"] = uniform(1)
+        return weights
+
+    def zero_state(self, coordinates: int, like: torch.Tensor) -> LSTMState:
+        """The state of ``coordinates`` coordinates that have not moved yet."""
+        zeros = like.new_zeros(self.layers, coordinates, self.hidden)
+        return {"h": zeros, "c": zeros.clone()}
+
+    def update(
+        self, meta: Params, grad: torch.Tensor, state: LSTMState
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """The update of the coordinates of a flat gradient ``[coordinates]``, and the state."""
+        raw = grad.unsqueeze(-1)
+        features = preprocess_gradient(grad, self.p) if self.preprocess else raw
+        return lstm_update(meta, features, state, self.layers, self.scale)
+
+    def init(self, meta: Params, fast: Params) -> LSTMState:
+        coordinates = sum(p.numel() for p in fast.values())
+        return self.zero_state(coordinates, next(iter(fast.values())))
+
+    def step(
+        self, meta: Params, fast: Params, grads: Params, state: LSTMState
+    ) -> tuple[Params, LSTMState]:
+        # All coordinates of all parameters in one batch: a few large operations per step.
+        flat = torch.cat([grads[name].reshape(-1) for name in fast])
+        update, state = self.update(meta, flat, state)
+        pieces = update.split([p.numel() for p in fast.values()])
+        moved = {
+            name: fast[name] + piece.view_as(fast[name])
+            for name, piece in zip(fast, pieces, strict=True)
+        }
+        return moved, state

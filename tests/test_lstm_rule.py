@@ -1,0 +1,300 @@
+"""The learned LSTM optimizer as an inner rule and as a torch.optim optimizer: against an
+independent nn.LSTM implementation, its weights as meta-parameters that meta-training moves
+(every one of them), LearnedOptimizer (loading, step, state_dict), and distmeta eval of a
+learned optimizer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import lstm_optimizer_reference, mlp_forward, preprocess_reference
+
+import distmeta as dm
+from distmeta.algorithms import LSTMRule
+from distmeta.algorithms.lstm_rule import preprocess_gradient
+from distmeta.cli import main
+from distmeta.config import parse_config
+from distmeta.errors import RunError
+from distmeta.optim import LearnedOptimizer
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return dm.models.MLP(1, (6,), 1).double()
+
+
+def _batch(tasks=3):
+    return dm.tasks.Sinusoid(5, 6, dtype=torch.float64).sample(4, 0, range(tasks))
+
+
+def test_preprocessing_is_the_paper_s():
+    g = torch.tensor([3.0, -2e-3, 1e-6, -1e-7, 0.0], dtype=torch.float64)
+    expected = preprocess_reference(g, 10.0)
+    torch.testing.assert_close(preprocess_gradient(g, 10.0), expected)
+    assert expected[0].tolist() == pytest.approx([math.log(3.0) / 10, 1.0])
+    assert expected[3].tolist() == pytest.approx([-1.0, -1e-7 * math.exp(10)])
+
+
+def test_rule_weights_are_lstm_weights_shared_by_every_coordinate():
+    rule = LSTMRule(hidden=5, layers=2, preprocess=True, scale=0.3, seed=3)
+    template = {
+        "a": torch.zeros(4, 2, dtype=torch.float64),
+        "b": torch.zeros(3, dtype=torch.float64),
+    }
+    phi = rule.meta_params(template)
+    assert {k: tuple(v.shape) for k, v in phi.items()} == {
+        "lstm.0.weight_ih": (20, 2),
+        "lstm.0.weight_hh": (20, 5),
+        "lstm.0.bias": (20,),
+        "lstm.1.weight_ih": (20, 5),
+        "lstm.1.weight_hh": (20, 5),
+        "lstm.1.bias": (20,),
+        "lstm.out.weight": (1, 5),
+        "lstm.out.bias": (1,),
+    }
+    assert all(torch.equal(phi[k], rule.meta_params(template)[k]) for k in phi)  # any process
+    grads = {"a": torch.randn(4, 2, dtype=torch.float64), "b": torch.randn(3, dtype=torch.float64)}
+    state = rule.init(phi, template)
+    moved, state = rule.step(phi, template, grads, state)
+    step = lstm_optimizer_reference(phi, 2, 5, 0.3, preprocess=True)
+    flat = torch.cat([grads["a"].reshape(-1), grads["b"]])
+    zeros = torch.zeros(2, 11, 5, dtype=torch.float64)
+    update, h, c = step(flat, zeros, zeros)
+    torch.testing.assert_close(torch.cat([moved["a"].reshape(-1), moved["b"]]), update)
+    torch.testing.assert_close(state["h"], h)
+    torch.testing.assert_close(state["c"], c)
+
+
+def test_rule_refuses_bad_settings():
+    for bad, message in [
+        ({"hidden": 0}, "hidden"),
+        ({"layers": 1.5}, "layers"),
+        ({"p": 0}, "exponent p"),
+        ({"scale": -1}, "scale"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            LSTMRule(**bad)
+
+
+def _maml_lstm_reference(model, params, phi, batch, steps):
+    """Second-order MAML with the LSTM rule: an explicit unroll on nn.LSTM, create_graph."""
+    total = None
+    names = list(params) + list(phi)
+    for i in range(len(batch)):
+        sx, sy, qx, qy = batch.task(i)
+        leaf = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        lstm = {k: v.detach().clone().requires_grad_() for k, v in phi.items()}
+        step = lstm_optimizer_reference(lstm, 2, 4, 0.1, preprocess=True)
+        fast = dict(leaf)
+        coordinates = sum(v.numel() for v in fast.values())
+        h = c = torch.zeros(2, coordinates, 4, dtype=torch.float64)
+        for _ in range(steps):
+            loss = F.mse_loss(mlp_forward(fast, sx), sy)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+            update, h, c = step(torch.cat([g.reshape(-1) for g in grads]), h, c)
+            pieces = update.split([v.numel() for v in fast.values()])
+            fast = {n: v + d.view_as(v) for (n, v), d in zip(fast.items(), pieces, strict=True)}
+        query = F.mse_loss(mlp_forward(fast, qx), qy)
+        grads = torch.autograd.grad(query, list(leaf.values()) + list(lstm.values()))
+        total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]
+    return {name: g / len(batch) for name, g in zip(names, total, strict=True)}
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_maml_meta_trains_the_lstm_rule_with_the_initialisation(execution):
+    """As MAML's inner rule (Ravi & Larochelle style): the meta-gradient of the weights and of
+    every LSTM weight equals an explicit second-order unroll through nn.LSTM."""
+    model, batch = _mlp(), _batch()
+    rule = LSTMRule(hidden=4, layers=2, scale=0.1, seed=1)
+    algo = dm.algorithms.MAML(
+        model, F.mse_loss, inner_rule=rule, inner_steps=2, execution=execution
+    )
+    params = algo.init_params()
+    g, _ = algo.meta_gradient(params, batch)
+    weights = {n: params[n] for n, _ in model.named_parameters()}
+    phi = {n: params[n] for n in params if n.startswith("lstm.")}
+    expected = _maml_lstm_reference(model, weights, phi, batch, 2)
+    for name in expected:
+        torch.testing.assert_close(g[name], expected[name], rtol=1e-9, atol=1e-12, msg=name)
+    assert all(bool(g[name].abs().sum() > 0) for name in phi)
+
+
+def test_reptile_gives_every_lstm_weight_a_gradient():
+    algo = dm.algorithms.Reptile(_mlp(), F.mse_loss, inner_rule=LSTMRule(hidden=4), inner_steps=2)
+    g, _ = algo.meta_gradient(algo.init_params(), _batch())
+    assert all(bool(g[n].abs().sum() > 0) for n in g if n.startswith("lstm."))
+
+
+def _lstm_config(**sections):
+    raw = {
+        "seed": 1,
+        "task": {"name": "sinusoid", "shots": 5, "query": 5},
+        "model": {"name": "mlp", "hidden": [8]},
+        "algorithm": {
+            "name": "l2l",
+            "inner_rule": "lstm",
+            "lstm": {"hidden": 6, "scale": 0.05},
+            "unroll": {"length": 5, "horizon": 10},
+            "outer_lr": 0.01,
+        },
+        "train": {"steps": 40, "meta_batch_size": 4, "checkpoint_every": 10, "log_every": 10},
+        "eval": {"tasks": 6},
+        "tracking": {"enabled": False},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A learned optimizer meta-trained (40 steps) on sinusoid regression with an 8-unit MLP."""
+    run_dir = tmp_path_factory.mktemp("lstm") / "run"
+    dm.train(_lstm_config(), run_dir=str(run_dir), progress=False)
+    return run_dir
+
+
+@pytest.mark.parametrize("algorithm", ["l2l", "maml", "reptile"])
+def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm):
+    """The failure of a popular port (LSTM weights never registered, never trained) cannot
+    happen: after meta-training every element of every LSTM weight has moved."""
+    if algorithm == "l2l":
+        run = dm.load_run(trained)
+    else:
+        config = _lstm_config(algorithm={"name": algorithm, "inner_steps": 2}, train={"steps": 3})
+        dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+        run = dm.load_run(tmp_path / "run")
+    initial = run.algorithm.init_params()
+    lstm = [n for n in initial if n.startswith("lstm.")]
+    assert len(lstm) == 8
+    for name in lstm:
+        assert bool((run.params[name] != initial[name]).all()), name
+
+
+def _fit_a_sine(optimizer_of, steps=30):
+    """Train an 8-unit MLP on 20 points of ``2 sin(x)``, full batch: the loss before the
+    first step and after the last."""
+    torch.manual_seed(3)
+    model = dm.models.MLP(1, (8,), 1)
+    opt = optimizer_of(model.parameters())
+    x = torch.linspace(-5, 5, 20).unsqueeze(1)
+    y = 2 * torch.sin(x)
+    start = F.mse_loss(model(x), y).item()
+    for _ in range(steps):
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return start, F.mse_loss(model(x), y).item()
+
+
+def test_a_meta_trained_optimizer_lowers_a_small_model_s_loss(trained):
+    """A model of another size than the one it was meta-trained on; the same LSTM with its
+    initial weights drives the loss up instead."""
+    start, end = _fit_a_sine(lambda ps: LearnedOptimizer(ps, run=trained))
+    assert end < start
+    rule, weights = dm.optim.load_learned_rule(trained)
+    untrained = rule.meta_params(weights)
+    _, wild = _fit_a_sine(lambda ps: LearnedOptimizer(ps, rule=rule, weights=untrained))
+    assert wild > start
+
+
+def test_learned_optimizer_step_is_the_rule_s_step_and_state_dict_round_trips(trained):
+    rule, weights = dm.optim.load_learned_rule(trained)
+    model = dm.models.MLP(1, (8,), 1)
+    opt = LearnedOptimizer(model.parameters(), rule=rule, weights=weights)
+    x = torch.linspace(-3, 3, 7).unsqueeze(1)
+
+    def step(optimizer, module):
+        optimizer.zero_grad()
+        module(x).sin().sum().backward()
+        optimizer.step()
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step(opt, model)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    expected, _ = rule.step(weights, before, grads, rule.init(weights, before))
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-6, atol=1e-7)
+    step(opt, model)
+    twin = dm.models.MLP(1, (8,), 1)
+    twin.load_state_dict(model.state_dict())
+    resumed = LearnedOptimizer(twin.parameters(), run=trained)
+    resumed.load_state_dict(through_a_file(opt.state_dict()))
+    for _ in range(3):
+        step(opt, model)
+        step(resumed, twin)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True)
+    )
+
+
+def through_a_file(state):
+    """A state dict through torch.save / torch.load, as a checkpoint stores it."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_learned_optimizer_refuses_what_holds_no_learned_optimizer(tmp_path, tiny_sinusoid_config):
+    with pytest.raises(RunError, match="does not exist"):
+        LearnedOptimizer([torch.zeros(2, requires_grad=True)], run=tmp_path / "missing")
+    config = tiny_sinusoid_config
+    config = config.model_copy(update={"train": config.train.model_copy(update={"steps": 1})})
+    dm.train(config, run_dir=str(tmp_path / "maml"), progress=False)
+    with pytest.raises(RunError, match="inner_rule is sgd, not lstm"):
+        LearnedOptimizer([torch.zeros(2, requires_grad=True)], run=tmp_path / "maml")
+    with pytest.raises(ValueError, match="give run"):
+        LearnedOptimizer([torch.zeros(2, requires_grad=True)])
+    rule = LSTMRule(hidden=3)
+    with pytest.raises(ValueError, match="weights do not fit"):
+        LearnedOptimizer([torch.zeros(2, requires_grad=True)], rule=rule, weights={})
+
+
+def test_learned_optimizer_loads_a_tracked_run_from_mlflow(tmp_path, monkeypatch):
+    from distmeta.tracking import MLflowTracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = _lstm_config(train={"steps": 10}, tracking={"enabled": True, "uri": uri})
+    tracker = MLflowTracker(config)
+    with tracker:
+        dm.train(config, run_dir=str(tmp_path / "run"), callbacks=[tracker], progress=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    from_mlflow = LearnedOptimizer(
+        [torch.zeros(2, requires_grad=True)], run=f"runs:/{tracker.run_id}"
+    )
+    _, weights = dm.optim.load_learned_rule(tmp_path / "run")
+    assert all(torch.equal(from_mlflow.weights[k], weights[k]) for k in weights)
+
+
+def test_eval_compares_the_learned_optimizer_with_tuned_ones(trained, capsys):
+    assert main(["eval", str(trained), "--json", "--tasks", "5"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["problems"] == 5 and result["horizon"] == 10
+    assert result["steps"] == list(range(21))
+    assert set(result["curves"]) == {"learned", "sgd", "adam", "rmsprop"}
+    for name in ("sgd", "adam", "rmsprop"):
+        curve = result["curves"][name]
+        assert len(curve["grid"]) == 9 and f"{curve['lr']:g}" in curve["grid"]
+        finite = {lr: v for lr, v in curve["grid"].items() if v != "inf"}
+        assert curve["grid"][f"{curve['lr']:g}"] == min(finite.values())
+    learned = result["curves"]["learned"]
+    assert learned["lr"] is None and len(learned["loss"]) == 21
+    assert learned["log10_final"]["10"] == pytest.approx(math.log10(learned["loss"][10]))
+    assert main(["eval", str(trained), "--tasks", "3"]) == 0
+    assert "rmsprop" in capsys.readouterr().out
+
+
+def test_export_refuses_a_learned_optimizer_and_says_how_to_use_it(trained):
+    from distmeta.tracking import export_model
+
+    with pytest.raises(RunError, match="LearnedOptimizer"):
+        export_model(trained, "optimizer")
