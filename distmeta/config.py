@@ -291,7 +291,8 @@ class AlgorithmConfig(_Section):
     """MAML's meta-loss as a weighted mean of the query losses after every inner step, one
     weight per step (MAML++'s multi-step loss); ``None``: the loss after the last step. Holds
     every step to account, so the learned start is one the rate can descend for more steps
-    than it was trained with (the sinusoid study in BENCHMARKS.md)."""
+    than it was trained with (the sinusoid study in BENCHMARKS.md). ``joint`` ignores them
+    (it takes no inner step in training)."""
     outer_lr: PositiveFloat = 0.001
     """Learning rate of the outer optimizer."""
     outer_optimizer: Literal["adam", "sgd"] = "adam"
@@ -321,7 +322,9 @@ class AlgorithmConfig(_Section):
         weights = self.step_loss_weights
         if weights is None:
             return self
-        if self.name not in ("maml", "fomaml"):
+        # joint training takes no inner step (the weights matter to the MAML run of the same
+        # file, e.g. a stream's two starting points); reptile and l2l have no query losses.
+        if self.name in ("reptile", "l2l"):
             raise ValueError(
                 f"step_loss_weights weigh MAML's query losses after its inner steps; "
                 f"{self.name} has no such loss"

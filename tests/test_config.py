@@ -106,6 +106,9 @@ def test_step_loss_weights_need_one_weight_per_step_and_a_query_loss():
         parse_config({"algorithm": {"inner_steps": 2, "step_loss_weights": [1, 1, 1]}})
     with pytest.raises(ConfigError, match="reptile has no such loss"):
         parse_config({"algorithm": {"name": "reptile", "inner_steps": 1, "step_loss_weights": [1]}})
+    # The joint starting point of a stream is trained from the same file as the MAML one.
+    joint = {"name": "joint", "inner_steps": 2, "step_loss_weights": [1, 1]}
+    assert parse_config({"algorithm": joint}).algorithm.name == "joint"
     with pytest.raises(ConfigError, match="must not all be zero"):
         parse_config({"algorithm": {"step_loss_weights": [0]}})
 
