@@ -290,13 +290,17 @@ def _eval_tasks(run):
     return source.sample(run.config.seed + 1, 0, range(200))
 
 
-def test_async_results_older_than_the_bound_are_rejected(ray_cluster, tmp_path):
+def test_async_results_older_than_the_bound_are_never_applied(ray_cluster, tmp_path):
+    """With ``max_staleness: 0`` every applied result was computed on the learner's current
+    parameters. Whether any result arrives stale at all depends on timing (a CI run on an idle
+    machine saw none in 40 steps), so the rejection itself is tested where it is decided,
+    with the staleness forced: test_learner_damps_and_rejects_stale_results."""
     config = _config(
         _ray(2, mode="async", max_staleness=0),
         train={"steps": 40, "meta_batch_size": 5, "checkpoint_every": 40, "log_every": 10},
     )
     result = dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
-    assert sum(r["rejected_count"] for r in result.history) > 0
+    assert result.steps == 40
     assert all(r["staleness_max"] == 0 for r in result.history)
 
 
