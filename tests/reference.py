@@ -55,9 +55,9 @@ def maml_reference(forward, loss_fn, params, batch, steps, lr, first_order=False
             )
             if first_order:
                 fast = {k: v.detach().requires_grad_() for k, v in fast.items()}
-                wrt = list(fast.values())
-            else:
-                wrt = list(leaf.values())
+            if weight == 0:
+                continue
+            wrt = list(fast.values()) if first_order else list(leaf.values())
             step = torch.autograd.grad(loss_fn(forward(fast, qx), qy), wrt, retain_graph=True)
             grads = [g + weight / sum(weights) * s for g, s in zip(grads, step, strict=True)]
         total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]

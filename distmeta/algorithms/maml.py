@@ -82,8 +82,10 @@ class MAML(MetaAlgorithm):
                 for name, g in fast_grads.items():
                     grads[name] = _plus(grads.get(name), weight, g)
             # A rule's own meta-parameters (e.g. learned rates) get no first-order gradient.
-            zeros = {name: torch.zeros_like(p) for name, p in meta.items() if name not in grads}
-            return {name: grads[name] if name in grads else zeros[name] for name in meta}, stats
+            return {
+                name: grads[name] if name in grads else torch.zeros_like(p)
+                for name, p in meta.items()
+            }, stats
 
         def objective(meta: Params):
             loss = None
