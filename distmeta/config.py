@@ -276,7 +276,8 @@ class AlgorithmConfig(_Section):
 
     name: Literal["maml", "fomaml", "reptile", "joint", "l2l"] = "maml"
     """``maml`` (second order), ``fomaml`` (first order), ``reptile``, ``joint`` (one model
-    fit to every task's data without adaptation: the jointly trained baseline of streams), or
+    fit to every task's data without adaptation: the jointly trained baseline of streams; it
+    takes no inner step, so an inner rule's learned rates or LSTM keep their initial values), or
     ``l2l`` (meta-train the ``lstm`` rule alone on optimisation trajectories, Andrychowicz et
     al., 2016)."""
     inner_rule: Literal["sgd", "metasgd", "lstm"] = "sgd"
@@ -302,7 +303,8 @@ class AlgorithmConfig(_Section):
     zero_init: tuple[str, ...] = ()
     """Model parameters (``named_parameters`` names, e.g. ``[head.weight, head.bias]``) that
     every task starts from zero and that are not meta-learned: for a classifier's last layer,
-    the zeroing trick of Kao et al. (ICLR 2022)."""
+    the zeroing trick of Kao et al. (ICLR 2022). ``joint`` ignores it and learns them (it
+    never adapts, so a layer at zero could not predict)."""
     execution: Literal["auto", "loop", "vmap"] = "auto"
     """How tasks of a batch run: ``auto`` picks by model and device (see BENCHMARKS.md)."""
     task_threads: PositiveInt | Literal["auto"] = "auto"

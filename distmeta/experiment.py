@@ -299,7 +299,12 @@ ALGORITHMS: dict[str, Callable[[AlgorithmConfig, nn.Module, Any, InnerRule], Alg
         lambda spec: partial(MAML, first_order=True, step_loss_weights=spec.step_loss_weights)
     ),
     "reptile": _with_options(lambda spec: Reptile),
-    "joint": _with_options(lambda spec: Joint),
+    # A stream's joint start is trained from the same file as its meta-learned one; a layer
+    # held at zero there (zero_init) would leave a model that adapts nothing unable to predict
+    # (and, as a classifier's head, pass no gradient to the rest): joint training learns it.
+    "joint": lambda spec, model, tasks, rule: _meta_algorithm(
+        Joint, spec.model_copy(update={"zero_init": ()}), model, tasks, rule
+    ),
     "l2l": _l2l,
 }
 """``algorithm.name`` -> the algorithm, built from the algorithm section, the model, the task

@@ -309,3 +309,27 @@ def test_joint_training_fits_the_pooled_data_of_every_task(execution):
         torch.testing.assert_close(gradient[name], value)
     assert all(not gradient[name].any() for name in params if name.startswith("inner_lr."))
     assert metrics["loss"] == pytest.approx(float(total.detach()))
+
+
+def test_joint_training_refuses_a_layer_held_at_zero():
+    # A head at zero passes no gradient to the layers below it: nothing would ever train.
+    with pytest.raises(ValueError, match=r"zero_init \[.net.2.weight.\]: joint training never"):
+        Joint(dm.models.MLP(1, (8,), 1), F.mse_loss, zero_init=["net.2.weight"])
+
+
+def test_a_joint_run_from_a_file_with_zero_init_learns_the_head():
+    # The stream configs train both starting points from one file, whose MAML run holds the
+    # classifier's head at zero: the joint run must learn it, or finetune starts untrained.
+    from distmeta.config import parse_config
+    from distmeta.experiment import build_algorithm
+
+    config = parse_config(
+        {"algorithm": {"name": "joint", "zero_init": ["net.2.weight", "net.2.bias"]}}
+    )
+    source = dm.tasks.Sinusoid(5, 5)
+    model = dm.models.MLP(1, (8,), 1)
+    algorithm = build_algorithm(config, model, source)
+    assert algorithm.zero_init == ()
+    gradient, _ = algorithm.meta_gradient(algorithm.init_params(), source.sample(0, 0, range(3)))
+    assert gradient["net.2.weight"].abs().sum() > 0
+    assert gradient["net.0.weight"].abs().sum() > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from distmeta.algorithms.base import MetaAlgorithm
@@ -29,7 +31,10 @@ class Joint(MetaAlgorithm):
             ``inner_rule``.
         inner_steps: Inner steps of :meth:`adapt` (training takes none).
         **options: ``inner_rule``, ``execution``, ``vmap_chunk_size``, ``compile``,
-            ``zero_init``, ``task_threads``: see :class:`MetaAlgorithm`.
+            ``task_threads``: see :class:`MetaAlgorithm`.
+
+    Raises:
+        ValueError: ``zero_init`` names a parameter: never adapted, it would stay at zero.
 
     References:
         Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep
@@ -39,6 +44,15 @@ class Joint(MetaAlgorithm):
         >>> algo = Joint(MLP(1, (40, 40), 1), F.mse_loss)
         >>> g, metrics = algo.meta_gradient(algo.init_params(), batch)  # pooled-data gradient
     """
+
+    def __init__(self, *args: Any, **options: Any):
+        if options.get("zero_init"):
+            raise ValueError(
+                f"zero_init {list(options['zero_init'])}: joint training never adapts, so a "
+                "parameter held at zero would never be learned (a zeroed head passes no "
+                "gradient to the layers below it)"
+            )
+        super().__init__(*args, **options)
 
     def _task_gradient(
         self, meta: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
