@@ -4,8 +4,9 @@ and whether the meta-parameters the fleet learns beat those any single stream le
     python benchmarks/stream_fleet.py configs/stream_sinusoid.yaml --steps 50 --held-out 50
 
 1. Throughput: ``--streams`` streams of seed 0 (``--steps`` steps each) on ``engine.name: ray``
-   with 1, then 2 task workers; the fleet's own count of stream steps per second, once the
-   workers' processes are up.
+   with 1, then 2 task workers, ``--repeats`` times in turn on one local Ray (127.0.0.1); the
+   fleet's own count of stream steps per second, once the workers' processes are up. The
+   speedup is the ratio of the medians over the repeats.
 2. Quality: the C-MAML meta-parameters learned by the 2-worker fleet, and those learned by
    each of ``--streams`` single streams of the same length (seeds 1, 2, ...; one stream each),
    start 4 held-out streams (seed 1000, ``--held-out`` steps). Reported per start: the mean
@@ -20,6 +21,7 @@ import dataclasses
 import json
 
 import numpy as np
+import ray
 
 from distmeta.config import load_config
 from distmeta.engine.fleet import LocalFleet
@@ -45,33 +47,43 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps of each learning stream")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--held-out", type=int, default=50, help="steps of each held-out stream")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each fleet size, in turn")
     args = parser.parse_args()
 
     base = load_config(args.config, ["tracking.enabled=false", f"stream.steps={args.steps}"])
     start = load_start(base)
     out: dict = {"steps": args.steps, "streams": args.streams, "held_out_steps": args.held_out}
+    rates: dict[int, list[float]] = {1: [], 2: []}
     fleet_meta = None
-    for workers in (1, 2):
-        config = load_config(
-            args.config,
-            [
-                "tracking.enabled=false",
-                f"stream.steps={args.steps}",
-                f"stream.streams={args.streams}",
-                "engine.name=ray",
-                f"engine.workers={workers}",
-            ],
-        )
-        fleet = RayFleet(config, start)
-        try:
-            fleet.pool.health(timeout=300)  # the workers' processes up before the clock starts
-            result = fleet.run(seed=0)
-        finally:
-            fleet.close()
-        out[f"stream_steps_per_s_{workers}_workers"] = result.stream_steps_per_s
-        fleet_meta = result.meta_params["method"]
-        print(json.dumps({workers: result.stream_steps_per_s}), flush=True)
-    out["speedup"] = out["stream_steps_per_s_2_workers"] / out["stream_steps_per_s_1_workers"]
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+    try:
+        for repeat in range(args.repeats):
+            for workers in (1, 2):
+                config = load_config(
+                    args.config,
+                    [
+                        "tracking.enabled=false",
+                        f"stream.steps={args.steps}",
+                        f"stream.streams={args.streams}",
+                        "engine.name=ray",
+                        f"engine.workers={workers}",
+                    ],
+                )
+                fleet = RayFleet(config, start)
+                try:
+                    fleet.pool.health(timeout=300)  # worker processes up before the clock starts
+                    result = fleet.run(seed=0)
+                finally:
+                    fleet.close()
+                rates[workers].append(result.stream_steps_per_s)
+                fleet_meta = result.meta_params["method"]
+                line = {"repeat": repeat, "workers": workers, "steps_per_s": rates[workers][-1]}
+                print(json.dumps(line), flush=True)
+    finally:
+        ray.shutdown()
+    for workers, measured in rates.items():
+        out[f"stream_steps_per_s_{workers}_workers"] = measured
+    out["speedup"] = float(np.median(rates[2]) / np.median(rates[1]))
     out["held_out"] = {"fleet": held_out_mse(base, start, fleet_meta, args.held_out)}
     out["held_out"]["pretrained"] = held_out_mse(base, start, start.meta_params, args.held_out)
     for seed in range(1, args.streams + 1):
