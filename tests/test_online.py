@@ -21,7 +21,9 @@ from distmeta.algorithms.online import (
     OnlineUpdate,
     prequential_step,
 )
+from distmeta.config import parse_config
 from distmeta.engine.fleet import run_chunk
+from distmeta.experiment import build_algorithm
 from distmeta.tasks import SinusoidStream, StreamBatch, SwitchingProcess, TaskBatch
 
 LR = 0.3
@@ -320,9 +322,6 @@ def test_joint_training_refuses_a_layer_held_at_zero():
 def test_a_joint_run_from_a_file_with_zero_init_learns_the_head():
     # The stream configs train both starting points from one file, whose MAML run holds the
     # classifier's head at zero: the joint run must learn it, or finetune starts untrained.
-    from distmeta.config import parse_config
-    from distmeta.experiment import build_algorithm
-
     config = parse_config(
         {"algorithm": {"name": "joint", "zero_init": ["net.2.weight", "net.2.bias"]}}
     )
