@@ -36,7 +36,7 @@ from distmeta.algorithms.task_threads import TaskThreadPool
 from distmeta.errors import TaskFailedError
 from distmeta.tasks.batch import TaskBatch
 
-__all__ = ["LossFn", "MetaAlgorithm", "check_param_names"]
+__all__ = ["LossFn", "MetaAlgorithm", "check_execution_options", "check_param_names"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _Result = TypeVar("_Result")
@@ -50,6 +50,19 @@ def check_param_names(params: Params, names: Sequence[str]) -> None:
         missing = sorted(set(names) - params.keys())
         extra = sorted(params.keys() - set(names))
         raise ValueError(f"params do not match the algorithm: missing {missing}, extra {extra}")
+
+
+def check_execution_options(model: nn.Module, execution: str, task_threads: object) -> None:
+    """Refuse a model that is not a module, and ``execution`` / ``task_threads`` values an
+    algorithm cannot run with (every algorithm takes these options)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if execution not in ("auto", "loop", "vmap"):
+        raise ValueError(f"execution must be 'auto', 'loop' or 'vmap', got {execution!r}")
+    if task_threads != "auto" and (
+        isinstance(task_threads, bool) or not isinstance(task_threads, int) or task_threads < 1
+    ):
+        raise ValueError(f"task_threads must be 'auto' or a positive integer, got {task_threads!r}")
 
 
 def _detached(params: Params) -> Params:
@@ -106,24 +119,15 @@ class MetaAlgorithm(ABC):
         zero_init: Sequence[str] = (),
         task_threads: TaskThreads = "auto",
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_execution_options(model, execution, task_threads)
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if inner_rule is not None and inner_lr is not None:
             raise ValueError("give inner_lr (plain SGD) or inner_rule, not both")
         if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
             raise ValueError(f"inner_steps must be a positive integer, got {inner_steps!r}")
-        if execution not in ("auto", "loop", "vmap"):
-            raise ValueError(f"execution must be 'auto', 'loop' or 'vmap', got {execution!r}")
         if vmap_chunk_size is not None and vmap_chunk_size < 1:
             raise ValueError(f"vmap_chunk_size must be positive, got {vmap_chunk_size}")
-        if task_threads != "auto" and (
-            isinstance(task_threads, bool) or not isinstance(task_threads, int) or task_threads < 1
-        ):
-            raise ValueError(
-                f"task_threads must be 'auto' or a positive integer, got {task_threads!r}"
-            )
         if isinstance(zero_init, str):
             raise TypeError(f"zero_init must be a sequence of parameter names, got {zero_init!r}")
         self.model = model

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
-from distmeta.algorithms.base import check_param_names
+from distmeta.algorithms.base import check_execution_options, check_param_names
 from distmeta.algorithms.differentiate import grad, value_and_grad
 from distmeta.algorithms.execution import Execution, TaskThreads, choose_task_threads
 from distmeta.algorithms.gradient import ACCUMULATOR_DTYPE, GradientSum, compensated_sum
@@ -127,8 +127,7 @@ class L2L:
         execution: Execution = "auto",
         task_threads: TaskThreads = "auto",
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_execution_options(model, execution, task_threads)
         if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
             raise ValueError(f"unroll must be a positive integer, got {unroll!r}")
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon % unroll:
@@ -137,14 +136,6 @@ class L2L:
             raise ValueError(f"horizon must be positive, got {horizon}")
         if meta_loss not in ("sum", "query"):
             raise ValueError(f"meta_loss must be 'sum' or 'query', got {meta_loss!r}")
-        if execution not in ("auto", "loop", "vmap"):
-            raise ValueError(f"execution must be 'auto', 'loop' or 'vmap', got {execution!r}")
-        if task_threads != "auto" and (
-            isinstance(task_threads, bool) or not isinstance(task_threads, int) or task_threads < 1
-        ):
-            raise ValueError(
-                f"task_threads must be 'auto' or a positive integer, got {task_threads!r}"
-            )
         self.model, self.problems, self.inner_rule = model, problems, inner_rule
         self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = problems.loss_fn()
         self.unroll, self.horizon = unroll, horizon
