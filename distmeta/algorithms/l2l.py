@@ -182,12 +182,13 @@ class L2L:
         metrics ``[mean loss along the unroll, query loss]`` and carried state after it."""
         losses = []
         step_gradient = value_and_grad(self._loss, create_graph=self.second_order)
-        for k in range(self.unroll + 1):
+        for k in range(self.unroll):
             loss, grads = step_gradient(fast, inputs[k], targets[k])
             if k > 0:
                 losses.append(loss)
-            if k < self.unroll:
-                fast, state = self.inner_rule.step(phi, fast, grads, state)
+            fast, state = self.inner_rule.step(phi, fast, grads, state)
+        # After the last step only the loss counts: no gradient that no step would use.
+        losses.append(self._loss(fast, inputs[self.unroll], targets[self.unroll]))
         along = torch.stack(losses)
         query = self._loss(fast, qx, qy)
         objective = along.sum() if self.meta_loss == "sum" else query
