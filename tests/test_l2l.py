@@ -350,4 +350,5 @@ def test_eval_of_a_non_stationary_problem_reports_the_steps_back_after_the_redra
         before = curve.loss[3]
         back = [k - 4 for k in range(4, 13) if curve.loss[k] <= before]
         assert curve.recovery_steps == (back[0] if back else None)
+    assert any(curve.recovery_steps is not None for curve in result.curves.values())
     assert any(curve.loss[4] > curve.loss[3] for curve in result.curves.values())
