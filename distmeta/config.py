@@ -243,6 +243,13 @@ class LSTMRuleConfig(_Section):
     """Exponent of the preprocessing."""
     scale: PositiveFloat = 0.1
     """Factor on the LSTM's output: the scale of its first updates."""
+    momenta: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = []
+    """Decays of extra features: for each, Adam's normalised momentum ``m_hat / sqrt(v_hat)``
+    at that decay (mean square at 0.999). None by default (the paper's rule); ``[0.5, 0.9,
+    0.99]`` lets the LSTM read the gradient's recent direction at three time scales."""
+    direct: bool = False
+    """The output also reads the features through a linear path around the LSTM (zero at
+    first): with ``momenta``, the rule can start from a momentum method and learn what to add."""
 
 
 class UnrollConfig(_Section):

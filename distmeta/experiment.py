@@ -313,7 +313,16 @@ source and the inner rule."""
 
 def _lstm(config: ExperimentConfig) -> LSTMRule:
     spec = config.algorithm.lstm
-    return LSTMRule(spec.hidden, spec.layers, spec.preprocess, spec.p, spec.scale, config.seed)
+    return LSTMRule(
+        spec.hidden,
+        spec.layers,
+        spec.preprocess,
+        spec.p,
+        spec.scale,
+        config.seed,
+        spec.momenta,
+        spec.direct,
+    )
 
 
 INNER_RULES: dict[str, Callable[[ExperimentConfig], InnerRule]] = {

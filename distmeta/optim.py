@@ -85,7 +85,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
     by distmeta, as a ``torch.optim.Optimizer``.
 
     Each coordinate of each parameter keeps its own LSTM state (``state[p]["h"]`` and
-    ``["c"]``, ``[layers, numel, hidden]``), and ``step()`` adds the LSTM's update to it:
+    ``["c"]``, ``[layers, numel, hidden]``; the moving averages ``m``, ``v`` and the step
+    count ``t`` where the rule reads momenta), and ``step()`` adds the LSTM's update to it:
     ``p <- p + g_phi(p.grad, state)``. The update of a coordinate depends only on that
     coordinate's gradients, so the optimizer trains models of any architecture, also ones
     the LSTM never saw. ``state_dict()`` / ``load_state_dict()`` carry the LSTM states; the
@@ -165,9 +166,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state.update(self.rule.zero_state(p.numel(), p))
-                update, new = self.rule.update(
-                    self._weights_like(p), p.grad.reshape(-1), {"h": state["h"], "c": state["c"]}
-                )
+                update, new = self.rule.update(self._weights_like(p), p.grad.reshape(-1), state)
                 p.add_(update.view_as(p))
-                state["h"], state["c"] = new["h"], new["c"]
+                state.update(new)
         return loss

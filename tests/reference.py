@@ -110,10 +110,12 @@ def preprocess_reference(grad, p):
     return torch.stack([first, second], dim=1)
 
 
-def lstm_optimizer_reference(phi, layers, hidden, scale, preprocess, p=10.0):
+def lstm_optimizer_reference(phi, layers, hidden, scale, preprocess, p=10.0, extra=0):
     """One step of a coordinate-wise LSTM optimizer built on ``torch.nn.LSTM`` (an
-    implementation independent of distmeta's): ``step(flat_grad, h, c) -> (update, h, c)``."""
-    inputs = 2 if preprocess else 1
+    implementation independent of distmeta's): ``step(flat_grad, h, c) -> (update, h, c)``;
+    with ``extra`` inputs, ``step(flat_grad, h, c, features)`` appends ``[coordinates,
+    extra]`` features to the gradient's."""
+    inputs = (2 if preprocess else 1) + extra
     lstm = torch.nn.LSTM(inputs, hidden, num_layers=layers).to(phi["lstm.out.weight"].dtype)
     weights = {}
     for k in range(layers):
@@ -122,13 +124,32 @@ def lstm_optimizer_reference(phi, layers, hidden, scale, preprocess, p=10.0):
         weights[f"bias_ih_l{k}"] = phi[f"lstm.{k}.bias"]
         weights[f"bias_hh_l{k}"] = torch.zeros_like(phi[f"lstm.{k}.bias"])
 
-    def step(grad, h, c):
+    def step(grad, h, c, features=None):
         x = preprocess_reference(grad, p) if preprocess else grad.unsqueeze(1)
+        if extra:
+            x = torch.cat([x, features], dim=1)
         out, (h, c) = torch.func.functional_call(lstm, weights, (x.unsqueeze(0), (h, c)))
         update = out[0] @ phi["lstm.out.weight"].T + phi["lstm.out.bias"]
+        if "lstm.direct.weight" in phi:  # a linear path from the inputs around the LSTM
+            update = update + x @ phi["lstm.direct.weight"].T
         return scale * update.squeeze(1), h, c
 
     return step
+
+
+def adam_directions(grads, decays):
+    """``[steps][coordinates, decays]``: for each gradient of a sequence, the direction of
+    ``torch.optim.Adam`` (learning rate 1, no epsilon, ``betas=(decay, 0.999)``), negated."""
+    directions = [[] for _ in grads]
+    for decay in decays:
+        x = torch.zeros_like(grads[0], requires_grad=True)
+        adam = torch.optim.Adam([x], lr=1.0, betas=(decay, 0.999), eps=0.0)
+        for k, grad in enumerate(grads):
+            before = x.detach().clone()
+            x.grad = grad.clone()
+            adam.step()
+            directions[k].append(before - x.detach())
+    return [torch.stack(d, dim=1) for d in directions]
 
 
 def l2l_reference(forward, loss_fn, phi, step, theta, state, inputs, targets, unroll, second_order):

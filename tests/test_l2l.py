@@ -95,6 +95,62 @@ def test_unroll_meta_gradients_equal_an_explicit_create_graph_reference(executio
         starts = ends
 
 
+def _momentum_reference(phi, decays):
+    """The rule with momentum features and a direct path, written from the gradient history:
+    each feature the bias-corrected weighted sums of past gradients (and squares) in closed
+    form, fed to the nn.LSTM reference beside the preprocessed gradient."""
+    lstm_step = lstm_optimizer_reference(
+        phi, 2, RULE["hidden"], RULE["scale"], preprocess=True, extra=len(decays)
+    )
+    history = []
+
+    def average(decay, values):
+        t = len(values)
+        total = sum((1 - decay) * decay ** (t - 1 - i) * g for i, g in enumerate(values))
+        return total / (1 - decay**t)
+
+    def update(grad, h, c):
+        history.append(grad)
+        rms = average(0.999, [g.square() for g in history]).sqrt()
+        features = torch.stack([average(decay, history) / rms for decay in decays], dim=1)
+        return lstm_step(grad, h, c, features)
+
+    return update
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_meta_gradients_through_momentum_features_equal_the_reference(second_order):
+    family = Quadratic(problems=3, dims=2, dtype=torch.float64)
+    rule = LSTMRule(seed=1, momenta=(0.5, 0.9), direct=True, **RULE)
+    algo = L2L(
+        QuadraticVariable(3, 2).double(),
+        family,
+        rule,
+        unroll=3,
+        horizon=6,
+        second_order=second_order,
+    )
+    phi = _perturbed(algo.init_params())
+    assert phi["lstm.direct.weight"].abs().min() > 0
+    total = algo.meta_gradient_sum(phi, TrajectoryPlan(7, 1).batch(family, 0))
+    name = (7, 0, 0)
+    zeros = torch.zeros(2, 6, RULE["hidden"], dtype=torch.float64)
+    inputs, targets = family.steps(name, 0, algo.unroll + 1)
+    expected, _ = l2l_reference(
+        _forward,
+        quadratic_loss,
+        phi,
+        lambda leaf: _momentum_reference(leaf, (0.5, 0.9)),
+        family.initial_params(None, name),
+        (zeros, zeros),
+        inputs,
+        targets,
+        algo.unroll,
+        second_order,
+    )
+    _close(total.mean(torch.float64), expected)
+
+
 def test_truncation_cuts_the_graph_at_unroll_boundaries():
     """The second unroll's meta-gradient ignores how the first one's weights moved the
     optimizee: it differs from backpropagating through both unrolls, and what a slot carries

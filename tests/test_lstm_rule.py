@@ -11,7 +11,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import lstm_optimizer_reference, mlp_forward, preprocess_reference
+from reference import (
+    adam_directions,
+    lstm_optimizer_reference,
+    mlp_forward,
+    preprocess_reference,
+)
 
 import distmeta as dm
 from distmeta.algorithms import LSTMRule
@@ -69,12 +74,53 @@ def test_rule_weights_are_lstm_weights_shared_by_every_coordinate():
     torch.testing.assert_close(state["c"], c)
 
 
+@pytest.mark.parametrize("direct", [False, True])
+def test_momentum_features_are_adam_s_directions_fed_to_the_lstm(direct):
+    """With ``momenta``, each step's input is the preprocessed gradient and, per decay,
+    ``torch.optim.Adam``'s direction at that decay; the state carries the moving averages.
+    With ``direct``, the output also reads those inputs through its own weights."""
+    rule = LSTMRule(hidden=4, layers=2, scale=0.2, seed=2, momenta=(0.5, 0.9), direct=direct)
+    template = {"w": torch.zeros(3, 2, dtype=torch.float64)}
+    phi = rule.meta_params(template)
+    assert phi["lstm.0.weight_ih"].shape == (16, 4)
+    assert ("lstm.direct.weight" in phi) == direct
+    if direct:
+        assert not phi["lstm.direct.weight"].any()  # the rule starts as the LSTM alone
+        phi["lstm.direct.weight"] = torch.tensor([[0.1, -0.2, 0.3, -0.4]], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(5)
+    grads = [torch.randn(6, generator=generator, dtype=torch.float64) * 10**k for k in (-3, 0, 2)]
+    grads[1][0] = 0.0
+    step = lstm_optimizer_reference(phi, 2, 4, 0.2, preprocess=True, extra=2)
+    h = c = torch.zeros(2, 6, 4, dtype=torch.float64)
+    state = rule.init(phi, template)
+    for grad, features in zip(grads, adam_directions(grads, (0.5, 0.9)), strict=True):
+        update, state = rule.update(phi, grad, state)
+        expected, h, c = step(grad, h, c, features)
+        torch.testing.assert_close(update, expected)
+        torch.testing.assert_close(state["h"], h)
+        torch.testing.assert_close(state["c"], c)
+    assert float(state["t"]) == 3
+
+
+def test_momentum_features_keep_meta_gradients_finite_where_a_gradient_is_zero():
+    """Second-order meta-gradients flow through the features; a coordinate whose gradient is
+    exactly 0 (a dead unit) must not turn them into NaN."""
+    rule = LSTMRule(hidden=3, momenta=(0.9,))
+    phi = {n: w.requires_grad_() for n, w in rule.meta_params({"w": torch.zeros(2)}).items()}
+    x = torch.tensor([1.0, 0.0], requires_grad=True)
+    grad = torch.autograd.grad(x.square().sum(), x, create_graph=True)[0]
+    update, _ = rule.update(phi, grad, rule.zero_state(2, x))
+    meta = torch.autograd.grad((x + update).square().sum(), [x, *phi.values()])
+    assert all(bool(g.isfinite().all()) for g in meta)
+
+
 def test_rule_refuses_bad_settings():
     for bad, message in [
         ({"hidden": 0}, "hidden"),
         ({"layers": 1.5}, "layers"),
         ({"p": 0}, "exponent p"),
         ({"scale": -1}, "scale"),
+        ({"momenta": (0.9, 1.0)}, "momenta are decays"),
     ]:
         with pytest.raises(ValueError, match=message):
             LSTMRule(**bad)
@@ -231,6 +277,41 @@ def test_learned_optimizer_step_is_the_rule_s_step_and_state_dict_round_trips(tr
     assert all(
         torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True)
     )
+
+
+def test_learned_optimizer_with_momenta_carries_them_through_its_state_dict():
+    rule = LSTMRule(hidden=4, scale=0.05, momenta=(0.5, 0.99))
+    weights = rule.meta_params({"p": torch.zeros(1)})
+    torch.manual_seed(4)
+    model, twin = dm.models.MLP(1, (5,), 1), dm.models.MLP(1, (5,), 1)
+    x = torch.linspace(-3, 3, 7).unsqueeze(1)
+
+    def step(optimizer, module):
+        optimizer.zero_grad()
+        module(x).sin().sum().backward()
+        optimizer.step()
+
+    opt = LearnedOptimizer(model.parameters(), rule=rule, weights=weights)
+    for _ in range(2):
+        step(opt, model)
+    assert {"h", "c", "m", "v", "t"} <= set(opt.state[model.net[0].weight])
+    twin.load_state_dict(model.state_dict())
+    resumed = LearnedOptimizer(twin.parameters(), rule=rule, weights=weights)
+    resumed.load_state_dict(through_a_file(opt.state_dict()))
+    for _ in range(3):
+        step(opt, model)
+        step(resumed, twin)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True)
+    )
+
+
+def test_config_refuses_a_momentum_decay_outside_0_1():
+    from distmeta.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="momenta"):
+        _lstm_config(algorithm={"lstm": {"momenta": [0.9, 1.0]}})
+    assert _lstm_config(algorithm={"lstm": {"momenta": [0.5]}}).algorithm.lstm.momenta == [0.5]
 
 
 def through_a_file(state):

@@ -13,15 +13,23 @@ meta-training moves every one).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from distmeta.algorithms.inner import Params
 
-__all__ = ["LSTMRule", "LSTMState", "lstm_update", "preprocess_gradient"]
+__all__ = ["LSTMRule", "LSTMState", "lstm_update", "normalised_momenta", "preprocess_gradient"]
 
 LSTMState = dict[str, torch.Tensor]
-"""``h`` and ``c``: ``[layers, coordinates, hidden]`` each."""
+"""``h`` and ``c``: ``[layers, coordinates, hidden]`` each; with momentum features also ``m``
+(``[decays, coordinates]``), ``v`` (``[coordinates]``) and the step count ``t`` (``[]``)."""
+
+RMS_DECAY = 0.999
+"""Decay of the mean square of the gradient that normalises the momenta (Adam's beta2)."""
+
+_EPSILON = 1e-16
+"""Added to the mean square under the root: finite derivatives where a gradient is 0."""
 
 
 def preprocess_gradient(grad: torch.Tensor, p: float) -> torch.Tensor:
@@ -37,6 +45,25 @@ def preprocess_gradient(grad: torch.Tensor, p: float) -> torch.Tensor:
     return torch.stack([magnitude, direction], dim=-1)
 
 
+def normalised_momenta(
+    grad: torch.Tensor, decays: torch.Tensor, state: LSTMState
+) -> tuple[torch.Tensor, LSTMState]:
+    """Adam's direction at several momentum decays: ``m_hat / sqrt(v_hat)`` per decay.
+
+    ``m`` is the moving average of the gradient at each of ``decays`` (``[decays, 1]``), ``v``
+    that of its square at :data:`RMS_DECAY`, both bias-corrected as in Adam after ``t`` steps.
+    The features are free of the gradient's scale (about ``sign g`` at the first step), so one
+    LSTM reads problems of every scale; with ``decays`` of 0.9 and an output that copies the
+    feature, the rule is Adam. Returns ``[coordinates, decays]`` and the new ``m``, ``v``, ``t``.
+    """
+    t = state["t"] + 1
+    m = decays * state["m"] + (1 - decays) * grad
+    v = RMS_DECAY * state["v"] + (1 - RMS_DECAY) * grad.square()
+    m_hat = m / (1 - decays**t)
+    v_hat = v / (1 - RMS_DECAY**t)
+    return (m_hat / (v_hat + _EPSILON).sqrt()).T, {"m": m, "v": v, "t": t}
+
+
 def lstm_update(
     phi: Params, features: torch.Tensor, state: LSTMState, layers: int, scale: float
 ) -> tuple[torch.Tensor, LSTMState]:
@@ -44,7 +71,8 @@ def lstm_update(
     update of every coordinate (``[coordinates]``) and the new state out.
 
     A pure function of the weights ``phi`` (``lstm.<layer>.weight_ih``, ``.weight_hh``,
-    ``.bias``, ``lstm.out.weight``, ``lstm.out.bias``), so that it runs under ``vmap`` and is
+    ``.bias``, ``lstm.out.weight``, ``lstm.out.bias``, and ``lstm.direct.weight`` where the
+    output also reads the features directly), so that it runs under ``vmap`` and is
     differentiated with respect to them.
     """
     hs, cs = [], []
@@ -60,6 +88,8 @@ def lstm_update(
         hs.append(x)
         cs.append(c)
     out = x @ phi["lstm.out.weight"].T + phi["lstm.out.bias"]
+    if "lstm.direct.weight" in phi:
+        out = out + features @ phi["lstm.direct.weight"].T
     return scale * out.squeeze(-1), {"h": torch.stack(hs), "c": torch.stack(cs)}
 
 
@@ -70,7 +100,9 @@ class LSTMRule:
         Every coordinate of the fast weights is one row of a batch through the same LSTM of
         ``layers`` layers of ``hidden`` units, followed by a linear output times ``scale``:
         ``theta <- theta + scale * W_out h_t``. Its input is the gradient, preprocessed as in
-        the paper (:func:`preprocess_gradient`) or raw. Its weights (``lstm.*``) are
+        the paper (:func:`preprocess_gradient`) or raw, and, for each decay of ``momenta``,
+        Adam's normalised momentum at that decay (:func:`normalised_momenta`: features beyond
+        the gradient, as ``learned_optimization``'s optimizers read). Its weights (``lstm.*``) are
         meta-parameters, initialised like ``torch.nn.LSTM`` and ``torch.nn.Linear`` from a
         generator seeded with ``seed``, so every process builds the same ones. Its state
         (hidden and cell state of every coordinate) starts at zero for each task or
@@ -90,6 +122,11 @@ class LSTMRule:
         p: The preprocessing's exponent (default 10).
         scale: Factor on the LSTM's output (the update's initial scale).
         seed: Seed of the initial weights.
+        momenta: Decays in (0, 1) of the momentum features (none by default: the paper's
+            rule).
+        direct: The output also reads the features through a linear path around the LSTM
+            (``lstm.direct.weight``, zero at first): a rule that is, say, Adam plus what the
+            LSTM learns to add.
 
     References:
         Andrychowicz et al. Learning to learn by gradient descent by gradient descent.
@@ -112,6 +149,8 @@ class LSTMRule:
         p: float = 10.0,
         scale: float = 0.1,
         seed: int = 0,
+        momenta: Sequence[float] = (),
+        direct: bool = False,
     ):
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
@@ -121,6 +160,10 @@ class LSTMRule:
             raise ValueError(f"the preprocessing exponent p must be positive, got {p}")
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}")
+        if not all(0 < decay < 1 for decay in momenta):
+            raise ValueError(f"momenta are decays in (0, 1), got {list(momenta)}")
+        self.momenta = tuple(float(decay) for decay in momenta)
+        self.direct = bool(direct)
         self.hidden, self.layers = hidden, layers
         self.preprocess, self.p = bool(preprocess), float(p)
         self.scale, self.seed = float(scale), int(seed)
@@ -128,7 +171,7 @@ class LSTMRule:
     @property
     def inputs(self) -> int:
         """Features per coordinate."""
-        return 2 if self.preprocess else 1
+        return (2 if self.preprocess else 1) + len(self.momenta)
 
     def meta_params(self, model_params: Params) -> Params:
         reference = next(iter(model_params.values()))
@@ -149,12 +192,19 @@ class LSTMRule:
             fan_in = self.hidden
         weights[self.prefix + "out.weight"] = uniform(1, self.hidden)
         weights[self.prefix + "out.bias"] = uniform(1)
+        if self.direct:
+            weights[self.prefix + "direct.weight"] = reference.new_zeros(1, self.inputs)
         return weights
 
     def zero_state(self, coordinates: int, like: torch.Tensor) -> LSTMState:
         """The state of ``coordinates`` coordinates that have not moved yet."""
         zeros = like.new_zeros(self.layers, coordinates, self.hidden)
-        return {"h": zeros, "c": zeros.clone()}
+        state = {"h": zeros, "c": zeros.clone()}
+        if self.momenta:
+            state["m"] = like.new_zeros(len(self.momenta), coordinates)
+            state["v"] = like.new_zeros(coordinates)
+            state["t"] = like.new_zeros(())
+        return state
 
     def update(
         self, meta: Params, grad: torch.Tensor, state: LSTMState
@@ -162,7 +212,13 @@ class LSTMRule:
         """The update of the coordinates of a flat gradient ``[coordinates]``, and the state."""
         raw = grad.unsqueeze(-1)
         features = preprocess_gradient(grad, self.p) if self.preprocess else raw
-        return lstm_update(meta, features, state, self.layers, self.scale)
+        moments: LSTMState = {}
+        if self.momenta:
+            decays = torch.tensor(self.momenta, dtype=grad.dtype, device=grad.device)
+            momenta, moments = normalised_momenta(grad, decays.unsqueeze(-1), state)
+            features = torch.cat([features, momenta], dim=-1)
+        update, recurrent = lstm_update(meta, features, state, self.layers, self.scale)
+        return update, {**recurrent, **moments}
 
     def init(self, meta: Params, fast: Params) -> LSTMState:
         coordinates = sum(p.numel() for p in fast.values())
