@@ -249,34 +249,39 @@ def test_a_meta_trained_optimizer_lowers_a_small_model_s_loss(trained):
     assert wild > start
 
 
+def _sine_step(optimizer, module):
+    """One step on ``sum(sin(module(x)))`` over 7 points."""
+    optimizer.zero_grad()
+    module(torch.linspace(-3, 3, 7).unsqueeze(1)).sin().sum().backward()
+    optimizer.step()
+
+
+def _assert_resumes_exactly(opt, model, twin, resumed):
+    """``resumed`` (an optimizer of ``twin``) loads ``opt``'s state dict through a file and
+    ``twin`` ``model``'s weights; three more steps of each end on the same weights."""
+    twin.load_state_dict(model.state_dict())
+    resumed.load_state_dict(through_a_file(opt.state_dict()))
+    for _ in range(3):
+        _sine_step(opt, model)
+        _sine_step(resumed, twin)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True)
+    )
+
+
 def test_learned_optimizer_step_is_the_rule_s_step_and_state_dict_round_trips(trained):
     rule, weights = dm.optim.load_learned_rule(trained)
     model = dm.models.MLP(1, (8,), 1)
     opt = LearnedOptimizer(model.parameters(), rule=rule, weights=weights)
-    x = torch.linspace(-3, 3, 7).unsqueeze(1)
-
-    def step(optimizer, module):
-        optimizer.zero_grad()
-        module(x).sin().sum().backward()
-        optimizer.step()
-
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    step(opt, model)
+    _sine_step(opt, model)
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     expected, _ = rule.step(weights, before, grads, rule.init(weights, before))
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[name], rtol=1e-6, atol=1e-7)
-    step(opt, model)
+    _sine_step(opt, model)
     twin = dm.models.MLP(1, (8,), 1)
-    twin.load_state_dict(model.state_dict())
-    resumed = LearnedOptimizer(twin.parameters(), run=trained)
-    resumed.load_state_dict(through_a_file(opt.state_dict()))
-    for _ in range(3):
-        step(opt, model)
-        step(resumed, twin)
-    assert all(
-        torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True)
-    )
+    _assert_resumes_exactly(opt, model, twin, LearnedOptimizer(twin.parameters(), run=trained))
 
 
 def test_learned_optimizer_with_momenta_carries_them_through_its_state_dict():
@@ -284,26 +289,12 @@ def test_learned_optimizer_with_momenta_carries_them_through_its_state_dict():
     weights = rule.meta_params({"p": torch.zeros(1)})
     torch.manual_seed(4)
     model, twin = dm.models.MLP(1, (5,), 1), dm.models.MLP(1, (5,), 1)
-    x = torch.linspace(-3, 3, 7).unsqueeze(1)
-
-    def step(optimizer, module):
-        optimizer.zero_grad()
-        module(x).sin().sum().backward()
-        optimizer.step()
-
     opt = LearnedOptimizer(model.parameters(), rule=rule, weights=weights)
     for _ in range(2):
-        step(opt, model)
+        _sine_step(opt, model)
     assert {"h", "c", "m", "v", "t"} <= set(opt.state[model.net[0].weight])
-    twin.load_state_dict(model.state_dict())
     resumed = LearnedOptimizer(twin.parameters(), rule=rule, weights=weights)
-    resumed.load_state_dict(through_a_file(opt.state_dict()))
-    for _ in range(3):
-        step(opt, model)
-        step(resumed, twin)
-    assert all(
-        torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True)
-    )
+    _assert_resumes_exactly(opt, model, twin, resumed)
 
 
 def test_config_refuses_a_momentum_decay_outside_0_1():
