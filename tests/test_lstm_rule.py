@@ -169,6 +169,21 @@ def test_maml_meta_trains_the_lstm_rule_with_the_initialisation(execution):
     assert all(bool(g[name].abs().sum() > 0) for name in phi)
 
 
+def test_maml_with_momentum_features_gives_one_meta_gradient_in_a_loop_and_under_vmap():
+    """The moving averages are per-task state: vmapped tasks keep their own, as a loop does;
+    every weight, the direct path's included, gets a gradient."""
+    rule = LSTMRule(hidden=4, scale=0.1, seed=1, momenta=(0.5, 0.9), direct=True, preprocess=False)
+    grads = {}
+    for execution in ("loop", "vmap"):
+        algo = dm.algorithms.MAML(
+            _mlp(), F.mse_loss, inner_rule=rule, inner_steps=3, execution=execution
+        )
+        grads[execution], _ = algo.meta_gradient(algo.init_params(), _batch())
+    for name, g in grads["loop"].items():
+        torch.testing.assert_close(grads["vmap"][name], g, rtol=1e-9, atol=1e-12, msg=name)
+        assert bool(g.abs().sum() > 0), name
+
+
 def test_reptile_gives_every_lstm_weight_a_gradient():
     algo = dm.algorithms.Reptile(_mlp(), F.mse_loss, inner_rule=LSTMRule(hidden=4), inner_steps=2)
     g, _ = algo.meta_gradient(algo.init_params(), _batch())
