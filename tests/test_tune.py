@@ -372,3 +372,16 @@ def test_shipped_search_configs_are_valid(name, monkeypatch):
     tune = check_search(config)
     assert {"algorithm.inner_lr", "algorithm.outer_lr"} <= set(tune.space)
     assert config.train.steps % tune.report_every == 0
+
+
+def test_a_trial_error_given_as_text_is_summarised_by_its_last_line():
+    """Ray reports a trial that never ran (its actor could not be reused) by the failure's
+    text, not an exception; the search summary must not crash on it (it once did)."""
+    from distmeta.tune.search import _first_line
+
+    text = "Failure # 1 (occurred at 2026-12-04_13-50-11)\nTrainable runner reuse failed.\n"
+    assert _first_line(text) == "Trainable runner reuse failed."
+    try:
+        raise ValueError("outer") from KeyError("inner")
+    except ValueError as error:
+        assert _first_line(error) == "KeyError: 'inner'"

@@ -118,9 +118,11 @@ def _resources(config: ExperimentConfig):
     return tune.PlacementGroupFactory([{k: v for k, v in b.items() if v > 0} for b in bundles])
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException | str) -> str:
+    """The last non-empty line of a trial's error (Ray gives an exception, or for a trial that
+    never ran, such as one whose actor could not be reused, the failure's text)."""
     text = str(error)
-    cause = getattr(error, "cause", None) or error.__cause__
+    cause = getattr(error, "cause", None) or getattr(error, "__cause__", None)
     if cause is not None:
         text = f"{type(cause).__name__}: {cause}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -281,9 +283,10 @@ def _fit(
             search_alg=plan.search_alg,
             scheduler=plan.scheduler,
             num_samples=plan.num_samples,
-            # A finished (or exploiting) trial's process runs the next trial: no new Python
-            # process importing torch for each.
-            reuse_actors=True,
+            # Each trial in its own process. Reusing a stopped trial's actor fails now and
+            # then for function trainables under early stopping (ray-project/ray#29268: the
+            # trial errors with "Trainable runner reuse requires reset_config()").
+            reuse_actors=False,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
