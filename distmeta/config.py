@@ -250,6 +250,14 @@ class LSTMRuleConfig(_Section):
     direct: bool = False
     """The output also reads the features through a linear path around the LSTM (zero at
     first): with ``momenta``, the rule can start from a momentum method and learn what to add."""
+    start: Literal["sgd", "adam"] | None = None
+    """What the untrained rule is: ``null``, the randomly initialised LSTM (the paper's), or
+    ``sgd`` / ``adam`` at ``start_lr``: the direct path carries the raw gradient (needs
+    ``preprocess: false``) or the normalised momentum at 0.9 (needs 0.9 in ``momenta``), and
+    the LSTM's output layer starts at zero, so meta-training begins from that optimizer and
+    learns what to add. Needs ``direct: true``."""
+    start_lr: PositiveFloat = 0.01
+    """The rate of the ``start`` optimizer (say, the best tuned rate on training problems)."""
 
 
 class UnrollConfig(_Section):

@@ -313,16 +313,21 @@ source and the inner rule."""
 
 def _lstm(config: ExperimentConfig) -> LSTMRule:
     spec = config.algorithm.lstm
-    return LSTMRule(
-        spec.hidden,
-        spec.layers,
-        spec.preprocess,
-        spec.p,
-        spec.scale,
-        config.seed,
-        spec.momenta,
-        spec.direct,
-    )
+    try:
+        return LSTMRule(
+            spec.hidden,
+            spec.layers,
+            spec.preprocess,
+            spec.p,
+            spec.scale,
+            config.seed,
+            spec.momenta,
+            spec.direct,
+            spec.start,
+            spec.start_lr,
+        )
+    except ValueError as error:
+        raise ConfigError(f"algorithm.lstm: {error}") from None
 
 
 INNER_RULES: dict[str, Callable[[ExperimentConfig], InnerRule]] = {

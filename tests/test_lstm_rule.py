@@ -121,6 +121,11 @@ def test_rule_refuses_bad_settings():
         ({"p": 0}, "exponent p"),
         ({"scale": -1}, "scale"),
         ({"momenta": (0.9, 1.0)}, "momenta are decays"),
+        ({"start": "rmsprop", "direct": True}, "start must be one of"),
+        ({"start": "sgd", "preprocess": False}, "needs direct true"),
+        ({"start": "sgd", "direct": True}, "needs preprocess false"),
+        ({"start": "adam", "direct": True, "momenta": (0.5,)}, "momenta must include it"),
+        ({"start": "sgd", "direct": True, "preprocess": False, "start_lr": 0}, "start_lr"),
     ]:
         with pytest.raises(ValueError, match=message):
             LSTMRule(**bad)
@@ -219,19 +224,31 @@ def trained(tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.parametrize("algorithm", ["l2l", "maml", "reptile"])
-def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm):
+SGD_START = {"scale": 0.05, "preprocess": False, "direct": True, "start": "sgd", "start_lr": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "lstm"),
+    [("l2l", {}), ("maml", {}), ("reptile", {}), ("maml", SGD_START)],
+    ids=["l2l", "maml", "reptile", "maml-started-as-sgd"],
+)
+def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm, lstm):
     """The failure of a popular port (LSTM weights never registered, never trained) cannot
-    happen: after meta-training every element of every LSTM weight has moved."""
+    happen: after meta-training every element of every LSTM weight has moved, also where the
+    rule starts as SGD with the LSTM's output layer at zero (nothing flows into the LSTM at the
+    first step)."""
     if algorithm == "l2l":
         run = dm.load_run(trained)
     else:
-        config = _lstm_config(algorithm={"name": algorithm, "inner_steps": 2}, train={"steps": 3})
+        config = _lstm_config(
+            algorithm={"name": algorithm, "inner_steps": 2, "lstm": {"hidden": 6, **lstm}},
+            train={"steps": 3},
+        )
         dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
         run = dm.load_run(tmp_path / "run")
     initial = run.algorithm.init_params()
     lstm = [n for n in initial if n.startswith("lstm.")]
-    assert len(lstm) == 8
+    assert len(lstm) == 8 + run.config.algorithm.lstm.direct
     for name in lstm:
         assert bool((run.params[name] != initial[name]).all()), name
 
@@ -318,6 +335,44 @@ def test_config_refuses_a_momentum_decay_outside_0_1():
     with pytest.raises(ConfigError, match="momenta"):
         _lstm_config(algorithm={"lstm": {"momenta": [0.9, 1.0]}})
     assert _lstm_config(algorithm={"lstm": {"momenta": [0.5]}}).algorithm.lstm.momenta == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("start", "reference"),
+    [
+        ({"preprocess": False, "start": "sgd"}, torch.optim.SGD),
+        # Adam's eps is outside the root, ours (1e-16) under it: equal where v >> 1e-32.
+        (
+            {"momenta": (0.5, 0.9), "start": "adam"},
+            lambda ps, lr: torch.optim.Adam(ps, lr, eps=1e-16),
+        ),
+    ],
+    ids=["sgd", "adam"],
+)
+def test_a_rule_started_from_an_optimizer_is_that_optimizer_until_meta_trained(start, reference):
+    rule = LSTMRule(hidden=4, scale=0.05, direct=True, start_lr=0.03, **start)
+    torch.manual_seed(5)
+    model, twin = dm.models.MLP(1, (5,), 1), dm.models.MLP(1, (5,), 1)
+    twin.load_state_dict(model.state_dict())
+    initial = model.net[0].weight.detach().clone()
+    weights = rule.meta_params(dict(model.named_parameters()))
+    learned = LearnedOptimizer(model.parameters(), rule=rule, weights=weights)
+    hand_made = reference(twin.parameters(), 0.03)
+    for _ in range(6):
+        _sine_step(learned, model)
+        _sine_step(hand_made, twin)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(model.net[0].weight, initial)
+
+
+def test_config_says_which_setting_a_start_needs():
+    from distmeta.errors import ConfigError
+    from distmeta.experiment import build_experiment
+
+    config = _lstm_config(algorithm={"lstm": {"hidden": 6, "direct": True, "start": "sgd"}})
+    with pytest.raises(ConfigError, match="algorithm.lstm: start 'sgd' .* preprocess false"):
+        build_experiment(config)
 
 
 def through_a_file(state):

@@ -19,7 +19,14 @@ import torch
 
 from distmeta.algorithms.inner import Params
 
-__all__ = ["LSTMRule", "LSTMState", "lstm_update", "normalised_momenta", "preprocess_gradient"]
+__all__ = [
+    "STARTS",
+    "LSTMRule",
+    "LSTMState",
+    "lstm_update",
+    "normalised_momenta",
+    "preprocess_gradient",
+]
 
 LSTMState = dict[str, torch.Tensor]
 """``h`` and ``c``: ``[layers, coordinates, hidden]`` each; with momentum features also ``m``
@@ -30,6 +37,29 @@ RMS_DECAY = 0.999
 
 _EPSILON = 1e-16
 """Added to the mean square under the root: finite derivatives where a gradient is 0."""
+
+ADAM_DECAY = 0.9
+"""The momentum decay whose normalised momentum is Adam's direction (Adam's beta1)."""
+
+
+def _sgd_feature(preprocess: bool, momenta: Sequence[float]) -> int:
+    if preprocess:
+        raise ValueError("start 'sgd' reads the raw gradient: it needs preprocess false")
+    return 0
+
+
+def _adam_feature(preprocess: bool, momenta: Sequence[float]) -> int:
+    if ADAM_DECAY not in momenta:
+        raise ValueError(
+            f"start 'adam' reads the normalised momentum at {ADAM_DECAY}: momenta must include"
+            f" it, got {list(momenta)}"
+        )
+    return (2 if preprocess else 1) + list(momenta).index(ADAM_DECAY)
+
+
+STARTS = {"sgd": _sgd_feature, "adam": _adam_feature}
+"""A hand-made optimizer the untrained rule can be -> the input feature that is its direction
+(given ``preprocess`` and ``momenta``; a clear error where the rule has no such feature)."""
 
 
 def preprocess_gradient(grad: torch.Tensor, p: float) -> torch.Tensor:
@@ -127,6 +157,12 @@ class LSTMRule:
         direct: The output also reads the features through a linear path around the LSTM
             (``lstm.direct.weight``, zero at first): a rule that is, say, Adam plus what the
             LSTM learns to add.
+        start: ``None`` (the paper's randomly initialised rule) or a key of :data:`STARTS`:
+            the untrained rule is that optimizer at rate ``start_lr`` (the direct path's weight
+            on its direction is ``-start_lr / scale``, the LSTM's output layer is zero), so
+            meta-training begins from a tuned hand-made optimizer and learns what to add.
+            Needs ``direct``.
+        start_lr: The rate of the ``start`` optimizer.
 
     References:
         Andrychowicz et al. Learning to learn by gradient descent by gradient descent.
@@ -151,6 +187,8 @@ class LSTMRule:
         seed: int = 0,
         momenta: Sequence[float] = (),
         direct: bool = False,
+        start: str | None = None,
+        start_lr: float = 0.01,
     ):
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
@@ -164,9 +202,22 @@ class LSTMRule:
             raise ValueError(f"momenta are decays in (0, 1), got {list(momenta)}")
         self.momenta = tuple(float(decay) for decay in momenta)
         self.direct = bool(direct)
+        self.start_feature = self._start_feature(start, preprocess, start_lr)
+        self.start_lr = float(start_lr)
         self.hidden, self.layers = hidden, layers
         self.preprocess, self.p = bool(preprocess), float(p)
         self.scale, self.seed = float(scale), int(seed)
+
+    def _start_feature(self, start: str | None, preprocess: bool, lr: float) -> int | None:
+        if start is None:
+            return None
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {sorted(STARTS)} or None, got {start!r}")
+        if not self.direct:
+            raise ValueError(f"start {start!r} is a direct path's weight: it needs direct true")
+        if not lr > 0:
+            raise ValueError(f"start_lr must be positive, got {lr}")
+        return STARTS[start](preprocess, self.momenta)
 
     @property
     def inputs(self) -> int:
@@ -194,6 +245,14 @@ class LSTMRule:
         weights[self.prefix + "out.bias"] = uniform(1)
         if self.direct:
             weights[self.prefix + "direct.weight"] = reference.new_zeros(1, self.inputs)
+        if self.start_feature is not None:
+            # The LSTM adds nothing until meta-training moves its output layer (whose gradient
+            # is not zero: it reads the hidden state), and the direct path is the optimizer.
+            weights[self.prefix + "out.weight"].zero_()
+            weights[self.prefix + "out.bias"].zero_()
+            weights[self.prefix + "direct.weight"][0, self.start_feature] = (
+                -self.start_lr / self.scale
+            )
         return weights
 
     def zero_state(self, coordinates: int, like: torch.Tensor) -> LSTMState:
