@@ -197,7 +197,7 @@ def _show_comparison(result: OptimizerComparison) -> None:
     for name, curve in result.curves.items():
         row = [
             name,
-            "learned" if curve.lr is None else f"{curve.lr:g}",
+            f"learned (step {curve.step})" if curve.lr is None else f"{curve.lr:g}",
             f"{curve.log10_final[horizon]:.3f}",
             f"{curve.log10_final[last]:.3f}"
             + (f" ({curve.diverged[-1]} diverged)" if curve.diverged[-1] else ""),

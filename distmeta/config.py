@@ -401,6 +401,10 @@ class EvalConfig(_Section):
     four."""
     seed: NonNegativeInt | None = None
     """Seed of the evaluation tasks; ``None`` uses ``seed + 1`` (tasks never seen in training)."""
+    checkpoint: Literal["final", "best"] = "final"
+    """A learned optimizer's weights: the ``final`` ones, or those of the checkpoint (or final
+    step) with the lowest mean loss at the horizon on the validation problems: chosen as the
+    baselines' learning rates are (``algorithm.name: l2l`` only)."""
 
 
 class WorkerResources(_Section):
@@ -855,6 +859,11 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 "algorithm.name: quadratic problems have no support and query sets: they "
                 "are for meta-training a learned optimizer (l2l)"
+            )
+        if self.eval.checkpoint != "final" and algorithm.name != "l2l":
+            raise ValueError(
+                "eval.checkpoint: choosing a checkpoint on validation problems is for learned "
+                f"optimizers (algorithm.name l2l), not {algorithm.name}"
             )
         unrolls = algorithm.unroll.horizon // algorithm.unroll.length
         if algorithm.name == "l2l" and self.train.checkpoint_every % unrolls:

@@ -435,6 +435,45 @@ def test_eval_compares_the_learned_optimizer_with_tuned_ones(trained, capsys):
     assert "rmsprop" in capsys.readouterr().out
 
 
+def test_eval_can_choose_the_checkpoint_on_validation_problems(trained, tmp_path):
+    """With eval.checkpoint best the learned optimizer is the checkpoint (or final step) with
+    the lowest validation loss at the horizon, scored as a baseline's learning rate is: its
+    score is the one the checkpoint loaded alone gets, and its test curve is that
+    checkpoint's. Here meta-training "ended badly": the final weights are the untrained ones,
+    which drive the loss up, so a checkpoint must win."""
+    import shutil
+
+    from distmeta.engine.rundir import RunDir
+    from distmeta.experiment import build_task_source
+    from distmeta.runs.optimizers import _learned, loss_curves
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    rule, weights = dm.optim.load_learned_rule(trained)
+    RunDir(run_dir).save_final(rule.meta_params(weights), 40)
+    result = dm.runs.compare_optimizers(dm.load_run(run_dir, ["eval.checkpoint=best"]), tasks=4)
+    learned = result.curves["learned"]
+    assert set(learned.grid) == {"10", "20", "30", "40"}
+    assert learned.step != 40
+    assert learned.grid[str(learned.step)] == min(learned.grid.values())
+    alone = dm.load_run(run_dir, step=20)
+    validation = [(alone.config.seed + 1, 1, i) for i in range(32)]
+    family = build_task_source(alone.config, split="eval")
+    curve = loss_curves(alone.model, family, validation, {"l": _learned(alone)}, 10)["l"]
+    assert learned.grid["20"] == pytest.approx(math.log10(float(curve[:, -1].mean())), rel=1e-9)
+    chosen = dm.runs.compare_optimizers(dm.load_run(run_dir, step=learned.step), tasks=4)
+    assert chosen.curves["learned"].loss == learned.loss
+    final = dm.runs.compare_optimizers(dm.load_run(run_dir), tasks=4).curves["learned"]
+    assert final.grid == {} and final.step == 40
+
+
+def test_config_keeps_checkpoint_choice_to_learned_optimizers():
+    from distmeta.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.checkpoint: .* learned optimizers"):
+        _lstm_config(algorithm={"name": "maml"}, eval={"checkpoint": "best"})
+
+
 def test_export_refuses_a_learned_optimizer_and_says_how_to_use_it(trained):
     from distmeta.tracking import export_model
 

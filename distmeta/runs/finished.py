@@ -6,6 +6,8 @@ trial measures each one as it is written).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,19 @@ class Run:
     params: dict[str, torch.Tensor]
     algorithm: Algorithm
     step: int
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the run's complete checkpoints, ascending."""
+        return RunDir(self.run_dir).checkpoint_steps()
+
+    def at_checkpoint(self, step: int) -> Run:
+        """The same run (its config with any overrides, its algorithm) with the
+        meta-parameters of its checkpoint at ``step``."""
+        folder = RunDir(self.run_dir)
+        params = _checkpoint_params(folder, self.config, self.algorithm, step)
+        model = copy.deepcopy(self.model)
+        _load_into(model, params)
+        return dataclasses.replace(self, model=model, params=params, step=step)
 
     def params_for(self, tasks: TaskShape) -> dict[str, torch.Tensor]:
         """The meta-parameters for tasks of another shape (``eval.ways`` classes): the ones
@@ -106,25 +121,45 @@ def load_run(
     config = parse_config(apply_overrides(folder.read_config(), overrides or []))
     experiment = build_experiment(config, torch.device(device))
     if step is None:
-        name, state = "final.pt", folder.load_final()
-        stored, at = state.get("params"), int(state.get("step", 0))
+        state = folder.load_final()
+        params = _fitted(folder, "final.pt", config, experiment.algorithm, state.get("params"))
+        step = int(state.get("step", 0))
     else:
-        name = folder.checkpoint_name(step)
-        try:
-            stored, at = checkpoint_params(folder.load_state(name)["engine"]), step
-        except (KeyError, TypeError) as error:
-            raise CheckpointError(
-                f"{folder.describe(name)} holds no engine state ({error})"
-            ) from None
-    params = fit_params(experiment.algorithm, stored)
+        params = _checkpoint_params(folder, config, experiment.algorithm, step)
+    _load_into(experiment.model, params)
+    return Run(folder.uri, config, experiment.model, params, experiment.algorithm, step)
+
+
+def _checkpoint_params(
+    folder: RunDir, config: ExperimentConfig, algorithm: Algorithm, step: int
+) -> dict[str, torch.Tensor]:
+    """The meta-parameters of the checkpoint at ``step``, made ready for ``algorithm``."""
+    name = folder.checkpoint_name(step)
+    try:
+        stored = checkpoint_params(folder.load_state(name)["engine"])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{folder.describe(name)} holds no engine state ({error})") from None
+    return _fitted(folder, name, config, algorithm, stored)
+
+
+def _fitted(
+    folder: RunDir, name: str, config: ExperimentConfig, algorithm: Algorithm, stored: object
+) -> dict[str, torch.Tensor]:
+    """``stored`` made ready for ``algorithm``; a :class:`CheckpointError` naming the file
+    where they do not fit it."""
+    params = fit_params(algorithm, stored)
     if params is None:
         raise CheckpointError(
             f"{folder.describe(name)} does not hold the parameters of this run's "
             f"{config.algorithm.name} / {config.model.name} model as configured "
             "(did an override change the model's shape, e.g. task.ways?)"
         )
+    return params
+
+
+def _load_into(model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+    """Copy the initialisation into ``model`` (a learned optimizer's run holds none)."""
     with torch.no_grad():
-        for parameter_name, parameter in experiment.model.named_parameters():
-            if parameter_name in params:  # a learned optimizer's run holds no initialisation
-                parameter.copy_(params[parameter_name])
-    return Run(folder.uri, config, experiment.model, params, experiment.algorithm, at)
+        for name, parameter in model.named_parameters():
+            if name in params:
+                parameter.copy_(params[name])

@@ -12,7 +12,10 @@ to its loss just before it.
 
 Validation problems are the trajectories ``(seed, 1, i)``, test problems ``(seed, 0, i)``:
 disjoint, and neither among the training ones for the default seed (``eval.seed``, else the
-run's seed + 1).
+run's seed + 1). With ``eval.checkpoint: best`` the learned optimizer is chosen on the same
+validation problems by the same measure, among the run's checkpoints and final weights, as
+a baseline's learning rate is among the grid's: meta-training that was unstable at its end
+is judged by its best point, not by where it happened to stop.
 
 All optimizers train the problems at once: the parameters of every problem are stacked, the
 loss is the sum of the problems' losses (``vmap``), and each optimizer is one
@@ -129,7 +132,10 @@ class OptimizerCurve:
     log10_final: dict[str, float]
     """``{"<horizon>": log10 mean loss at the horizon, "<2 horizon>": at twice it}``."""
     grid: dict[str, float] = field(default_factory=dict)
-    """log10 of the mean loss at the horizon on validation problems, per learning rate."""
+    """log10 of the mean loss at the horizon on validation problems, per learning rate (for
+    the learned optimizer with ``eval.checkpoint: best``, per meta-training step)."""
+    step: int | None = None
+    """The learned optimizer's meta-training step (``None`` for the baselines)."""
     recovery_steps: int | None = None
     """With a redraw: steps after it until the mean loss is back at its value just before
     (``None``: not within twice the horizon, or no redraw)."""
@@ -209,14 +215,16 @@ def compare_optimizers(
     grids: dict[str, dict[str, float]] = {name: {} for name in BASELINES}
     best: dict[str, float] = {}
     for (name, lr), curve in tuned.items():
-        final = curve[:, -1]  # a rate that diverges on any validation problem is never best
-        grids[name][f"{lr:g}"] = _log10(float(final.mean())) if final.isfinite().all() else math.inf
+        grids[name][f"{lr:g}"] = _validation_score(curve)
     for name, grid in grids.items():
         best[name] = min(LEARNING_RATES, key=lambda lr, grid=grid: grid[f"{lr:g}"])
+    learned, checkpoints = run, {}
+    if config.eval.checkpoint == "best":
+        learned, checkpoints = _best_checkpoint(run, family, validation, horizon)
 
     test = [(seed, 0, i) for i in range(tasks)]
     optimizers: dict[str, MakeOptimizer] = {
-        "learned": _learned(run),
+        "learned": _learned(learned),
         **{
             name: (lambda ps, make=BASELINES[name], lr=best[name]: make(ps, lr=lr))
             for name in BASELINES
@@ -230,7 +238,34 @@ def compare_optimizers(
     }
     for name, grid in grids.items():
         summaries[name].grid = grid
+    summaries["learned"].grid, summaries["learned"].step = checkpoints, learned.step
     return OptimizerComparison(tasks, horizon, list(range(2 * horizon + 1)), summaries, redraw)
+
+
+def _validation_score(curve: torch.Tensor) -> float:
+    """log10 of the mean loss at the last step of validation curves ``[problems, steps]``;
+    infinite where any problem diverged (such a candidate is never the best)."""
+    final = curve[:, -1]
+    return _log10(float(final.mean())) if final.isfinite().all() else math.inf
+
+
+def _best_checkpoint(
+    run: Run, family: ProblemFamily, validation: list[TaskId], horizon: int
+) -> tuple[Run, dict[str, float]]:
+    """The run at its checkpoint (or final step) whose learned optimizer scores best on the
+    validation problems at the horizon, and every candidate's score by step."""
+    candidates = {step: run.at_checkpoint(step) for step in run.checkpoint_steps()}
+    candidates[run.step] = run
+    curves = loss_curves(
+        run.model,
+        family,
+        validation,
+        {str(step): _learned(candidate) for step, candidate in candidates.items()},
+        horizon,
+    )
+    scores = {step: _validation_score(curve) for step, curve in curves.items()}
+    chosen = min(candidates, key=lambda step: scores[str(step)])
+    return candidates[chosen], dict(sorted(scores.items(), key=lambda item: int(item[0])))
 
 
 def _learned(run: Run) -> MakeOptimizer:
