@@ -12,6 +12,8 @@ horizon and at twice it with a 95 % t-interval, the chosen learning rates, diver
         --set task.redraw_at=50 --name redraw
     python benchmarks/lstm_optimizer.py configs/lstm_sinusoid.yaml --seeds 1 2 3 \
         --eval-set "model.hidden=[40,40]"     # trained on a 20-unit MLP, tested on 40-40
+    python benchmarks/lstm_optimizer.py configs/lstm_quadratic.yaml --seeds 1 2 3 \
+        --eval-set eval.checkpoint=final      # the final weights, whatever the config says
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -35,6 +38,11 @@ def interval(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, 0.0
     return mean, T975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def slug(override: str) -> str:
+    """A file-name part for one ``key=value`` evaluation override."""
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", override).strip("_")
 
 
 def distmeta(*args: str) -> str:
@@ -65,7 +73,7 @@ def main() -> None:
             ]
             distmeta("train", args.config, *sets, "--run-dir", str(run), "--no-progress")
             print(f"seed {seed}: trained in {time.perf_counter() - began:.0f} s", flush=True)
-        saved = run / f"eval{'-' + stem if args.eval_overrides else ''}.json"
+        saved = run / f"eval{''.join('-' + slug(o) for o in args.eval_overrides)}.json"
         if not saved.exists():  # an evaluation already made of this run is reused
             sets = [f"--set={o}" for o in args.eval_overrides]
             out = distmeta("eval", str(run), "--json", "--tasks", str(args.tasks), *sets)
@@ -92,7 +100,9 @@ def main() -> None:
             mean, half = interval(values)
             cells.append(f"{mean:8.3f} ± {half:5.3f}")
             per_seed.append(f"{name} @{key}: " + ", ".join(f"{v:.3f}" for v in values))
-        rates = ",".join("learned" if c["lr"] is None else f"{c['lr']:g}" for c in curves)
+        rates = ",".join(
+            f"step {c.get('step')}" if c["lr"] is None else f"{c['lr']:g}" for c in curves
+        )
         diverged = ",".join(str(c["diverged"][-1]) for c in curves)
         line = f"{name:<10} {cells[0]:>16} {cells[1]:>16}  {rates:<14}  {diverged}"
         if results[0].get("redraw_at"):
