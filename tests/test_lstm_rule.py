@@ -228,11 +228,11 @@ SGD_START = {"scale": 0.05, "preprocess": False, "direct": True, "start": "sgd",
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "lstm"),
+    ("algorithm", "rule"),
     [("l2l", {}), ("maml", {}), ("reptile", {}), ("maml", SGD_START)],
     ids=["l2l", "maml", "reptile", "maml-started-as-sgd"],
 )
-def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm, lstm):
+def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm, rule):
     """The failure of a popular port (LSTM weights never registered, never trained) cannot
     happen: after meta-training every element of every LSTM weight has moved, also where the
     rule starts as SGD with the LSTM's output layer at zero (nothing flows into the LSTM at the
@@ -241,7 +241,7 @@ def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm, l
         run = dm.load_run(trained)
     else:
         config = _lstm_config(
-            algorithm={"name": algorithm, "inner_steps": 2, "lstm": {"hidden": 6, **lstm}},
+            algorithm={"name": algorithm, "inner_steps": 2, "lstm": {"hidden": 6, **rule}},
             train={"steps": 3},
         )
         dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
