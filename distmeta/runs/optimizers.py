@@ -254,8 +254,8 @@ def _best_checkpoint(
 ) -> tuple[Run, dict[str, float]]:
     """The run at its checkpoint (or final step) whose learned optimizer scores best on the
     validation problems at the horizon, and every candidate's score by step."""
-    candidates = {step: run.at_checkpoint(step) for step in run.checkpoint_steps()}
-    candidates[run.step] = run
+    steps = sorted({*run.checkpoint_steps(), run.step})
+    candidates = {step: run if step == run.step else run.at_checkpoint(step) for step in steps}
     curves = loss_curves(
         run.model,
         family,
@@ -265,7 +265,7 @@ def _best_checkpoint(
     )
     scores = {step: _validation_score(curve) for step, curve in curves.items()}
     chosen = min(candidates, key=lambda step: scores[str(step)])
-    return candidates[chosen], dict(sorted(scores.items(), key=lambda item: int(item[0])))
+    return candidates[chosen], scores
 
 
 def _learned(run: Run) -> MakeOptimizer:
