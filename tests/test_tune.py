@@ -377,11 +377,11 @@ def test_shipped_search_configs_are_valid(name, monkeypatch):
 def test_a_trial_error_given_as_text_is_summarised_by_its_last_line():
     """Ray reports a trial that never ran (its actor could not be reused) by the failure's
     text, not an exception; the search summary must not crash on it (it once did)."""
-    from distmeta.tune.search import _first_line
+    from distmeta.tune.search import _last_line
 
     text = "Failure # 1 (occurred at 2026-12-04_13-50-11)\nTrainable runner reuse failed.\n"
-    assert _first_line(text) == "Trainable runner reuse failed."
+    assert _last_line(text) == "Trainable runner reuse failed."
     try:
         raise ValueError("outer") from KeyError("inner")
     except ValueError as error:
-        assert _first_line(error) == "KeyError: 'inner'"
+        assert _last_line(error) == "KeyError: 'inner'"

@@ -118,7 +118,7 @@ def _resources(config: ExperimentConfig):
     return tune.PlacementGroupFactory([{k: v for k, v in b.items() if v > 0} for b in bundles])
 
 
-def _first_line(error: BaseException | str) -> str:
+def _last_line(error: BaseException | str) -> str:
     """The last non-empty line of a trial's error (Ray gives an exception, or for a trial that
     never ran, such as one whose actor could not be reused, the failure's text)."""
     text = str(error)
@@ -157,7 +157,7 @@ def _summaries(results, plan, config: ExperimentConfig, trials_dir: str) -> list
                 metrics=kept,
                 values=values,
                 run_dir=f"{trials_dir}/{name}/{RUN_FOLDER}",
-                error=None if result.error is None else _first_line(result.error),
+                error=None if result.error is None else _last_line(result.error),
             )
         )
     return summaries
