@@ -8,6 +8,7 @@ import signal
 
 import numpy as np
 import pytest
+import torch
 from conftest import actor_pids, stream_config
 
 from distmeta.engine.fleet import LocalFleet, StreamRecord, StreamShard
@@ -116,3 +117,24 @@ def test_a_worker_killed_mid_run_loses_no_stream(ray_cluster, fleet_config, loca
     for record, reference in zip(result.records, local_reference.records, strict=True):
         # Every step of every stream, once, and computed as if nothing had happened.
         assert len(record) == 24 and _same(record, reference)
+
+
+def test_a_fleet_runs_its_next_seed_on_the_same_learners_started_afresh(ray_cluster, stream_runs):
+    from distmeta.engine.ray_engine.fleet import RayFleet
+
+    # One worker: its chunks, and so the learners' meta-updates, come in one order.
+    config = stream_config(stream_runs, engine={**RAY, "workers": 1}, **FLEET)
+    fleet = RayFleet(config, load_start(config))
+    try:
+        first = fleet.run(seed=5)
+        learners = sorted(actor_pids(ray_cluster, "LearnerActor"))
+        again = fleet.run(seed=5)
+        assert sorted(actor_pids(ray_cluster, "LearnerActor")) == learners  # none started
+    finally:
+        fleet.close()
+    assert len(learners) == len(first.meta_params) == 2  # the method's and the oracle's
+    # Reset as new: version 0 and a fresh Adam, or the second run would take other steps.
+    for a, b in zip(first.records, again.records, strict=True):
+        assert _same(a, b, names=a.loss)
+    for name, params in first.meta_params.items():
+        assert all(torch.equal(params[k], again.meta_params[name][k]) for k in params)

@@ -8,7 +8,9 @@ the worker to the learner actor, which applies them asynchronously with bounded 
 next call reads the parameters that result. A worker that dies is restarted by Ray and its
 call retried (:class:`~distmeta.engine.ray_engine.pool.WorkerPool`): the retried call
 rebuilds its streams at the chunk's first step from their names and the learners' states
-the previous chunk returned, so no stream loses a step.
+the previous chunk returned, so no stream loses a step. The learner actors start with the
+fleet's first run and are reset for each next seed (a process start costs seconds, and every
+stream waits for its learners' first reply).
 """
 
 from __future__ import annotations
@@ -64,23 +66,34 @@ class RayFleet:
             self.connection.close()
             raise
         self._start_ref = ray.put(start)
+        self._initial = self.layout.flatten(start.meta_params).numpy()
+        self._learners: dict[str, Any] = {}
 
-    def _learner(self) -> Any:
-        flat = self.layout.flatten(self.start.meta_params).numpy()
-        lr = OuterLRSchedule(self.config.stream.meta_lr)
-        # Not restarted: its meta-parameters have no checkpoint to come back from.
-        actor = ray.remote(LearnerActor).options(
-            num_cpus=0, max_restarts=0, scheduling_strategy=learner_strategy()
-        )
-        return actor.remote(self.layout, flat, "adam", lr, None)
+    def _learner(self, name: str) -> Any:
+        """The learner actor of ``name``, started at the first run that needs it and reused
+        by the next (a process start is seconds, a fleet run's time to its first
+        meta-update)."""
+        if name not in self._learners:
+            lr = OuterLRSchedule(self.config.stream.meta_lr)
+            # Not restarted: its meta-parameters have no checkpoint to come back from.
+            actor = ray.remote(LearnerActor).options(
+                num_cpus=0, max_restarts=0, scheduling_strategy=learner_strategy()
+            )
+            self._learners[name] = actor.remote(self.layout, self._initial, "adam", lr, None)
+        return self._learners[name]
+
+    def _drop_learners(self) -> None:
+        for learner in self._learners.values():
+            ray.kill(learner, no_restart=True)
+        self._learners.clear()
 
     def run(self, seed: int, progress: Progress | None = None) -> FleetResult:
         """Every stream of ``seed`` to its end; raises :class:`ClusterError` when a worker
         stays lost or a step waits longer than ``engine.step_timeout_s``."""
         spec, engine = self.config.stream, self.config.engine
         names = meta_learned_names(self.config, self.start, seed)
-        learners = {name: self._learner() for name in names}
-        params = {name: learner.params.remote() for name, learner in learners.items()}
+        learners = {name: self._learner(name) for name in names}
+        params = {name: learner.reset.remote(self._initial) for name, learner in learners.items()}
         plan = StreamPlan(seed, spec.streams, spec.steps)
         groups = plan.assignment(len(self.pool))
         chunks = plan.chunks(spec.steps_per_call)
@@ -133,10 +146,11 @@ class RayFleet:
                     submit(worker)
             outcomes = ray.get(reports)
             final = {name: ray.get(learner.params.remote()) for name, learner in learners.items()}
+        except BaseException:
+            self._drop_learners()  # the next run starts on fresh ones, whatever this left
+            raise
         finally:
             self.pool.forget_all()
-            for learner in learners.values():
-                ray.kill(learner, no_restart=True)
         wall = time.perf_counter() - began
         dtype = next(iter(self.start.meta_params.values())).dtype
         return FleetResult(
@@ -166,6 +180,7 @@ class RayFleet:
     def close(self) -> None:
         try:
             if ray.is_initialized():
+                self._drop_learners()
                 self.pool.close()
         finally:
             self.connection.close()

@@ -61,6 +61,7 @@ class LearnerActor:
         self.incarnation_id = uuid.uuid4().hex
         self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._channel: LearnerChannel | None = None
+        self._optimizer = optimizer
         self.learner = Learner(layout, torch.from_numpy(np.array(initial)), optimizer, lr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own property
@@ -74,6 +75,17 @@ class LearnerActor:
         return ParamsMessage(self.learner.version, self.learner.theta.numpy())
 
     def params(self) -> ParamsMessage:
+        return self._message()
+
+    def reset(self, initial: np.ndarray) -> ParamsMessage:
+        """Start over from ``initial``, as a new actor would: version 0, a fresh outer
+        optimizer, no metrics kept. A stream fleet runs its seeds one after another on the
+        same learners rather than start a process per seed."""
+        learner = self.learner
+        self.learner = Learner(
+            learner.layout, torch.from_numpy(np.array(initial)), self._optimizer, learner.schedule
+        )
+        self._recent.clear()
         return self._message()
 
     def version(self) -> int:
