@@ -14,6 +14,8 @@ and whether the meta-parameters the fleet learns beat those any single stream le
    start 4 held-out streams (seed 1000, ``--held-out`` steps). Reported per start: the mean
    online MSE of ``frozen_meta`` (those meta-parameters adapted on each previous batch, never
    updated: the meta-parameters alone) and of C-MAML (which goes on meta-learning).
+   ``--no-quality`` skips it: the timing alone, as on the lent machine's idle cores
+   (``benchmarks/stream_fleet_device.sh``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def main() -> None:
         help="run the fleet once on other streams before timing it (steady-state throughput)",
     )
     parser.add_argument("--warmup-seed", type=int, default=999, help="streams of the warm-up run")
+    parser.add_argument(
+        "--quality",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the timing, the held-out comparison (2., in this process, on its CPU)",
+    )
     args = parser.parse_args()
 
     base = load_config(args.config, ["tracking.enabled=false", f"stream.steps={args.steps}"])
@@ -95,6 +103,9 @@ def main() -> None:
     for workers, measured in rates.items():
         out[f"stream_steps_per_s_{workers}_workers"] = measured
     out["speedup"] = float(np.median(rates[2]) / np.median(rates[1]))
+    if not args.quality:
+        print(json.dumps(out))
+        return
     out["held_out"] = {"fleet": held_out_mse(base, start, fleet_meta, args.held_out)}
     out["held_out"]["pretrained"] = held_out_mse(base, start, start.meta_params, args.held_out)
     for seed in range(1, args.streams + 1):

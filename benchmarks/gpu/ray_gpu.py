@@ -392,6 +392,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--tiny", action="store_true", help="dry-run sizes (see TASKS)")
     parser.add_argument("--deadline-s", type=float, default=380.0)
+    parser.add_argument(
+        "--steps", type=int, help="timed steps of every task (default: each task's own)"
+    )
     args = parser.parse_args()
     began = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -428,7 +431,9 @@ def main() -> None:
             keep({**head, "error": f"{type(error).__name__}: {error}".splitlines()[0]})
             return None
 
-    steps = {name: TINY_STEPS if args.tiny else TASKS[name].steps for name in args.tasks}
+    steps = {
+        name: args.steps or (TINY_STEPS if args.tiny else TASKS[name].steps) for name in args.tasks
+    }
     local: dict[str, dict] = {}
     references: dict[str, tuple[dict, dict]] = {}
     for name in args.tasks:
