@@ -124,12 +124,13 @@ def test_a_fleet_runs_its_next_seed_on_the_same_learners_started_afresh(ray_clus
 
     # One worker: its chunks, and so the learners' meta-updates, come in one order.
     config = stream_config(stream_runs, engine={**RAY, "workers": 1}, **FLEET)
+    others = set(actor_pids(ray_cluster, "LearnerActor"))  # any the session's tests left
     fleet = RayFleet(config, load_start(config))
     try:
         first = fleet.run(seed=5)
-        learners = sorted(actor_pids(ray_cluster, "LearnerActor"))
+        learners = set(actor_pids(ray_cluster, "LearnerActor")) - others
         again = fleet.run(seed=5)
-        assert sorted(actor_pids(ray_cluster, "LearnerActor")) == learners  # none started
+        assert set(actor_pids(ray_cluster, "LearnerActor")) - others == learners  # none started
     finally:
         fleet.close()
     assert len(learners) == len(first.meta_params) == 2  # the method's and the oracle's
@@ -138,3 +139,32 @@ def test_a_fleet_runs_its_next_seed_on_the_same_learners_started_afresh(ray_clus
         assert _same(a, b, names=a.loss)
     for name, params in first.meta_params.items():
         assert all(torch.equal(params[k], again.meta_params[name][k]) for k in params)
+
+
+def test_a_learner_lost_mid_run_ends_that_run_and_the_next_starts_new_learners(
+    ray_cluster, fleet_config, local_reference
+):
+    from distmeta.engine.ray_engine.fleet import RayFleet
+    from distmeta.errors import ClusterError
+
+    others = set(actor_pids(ray_cluster, "LearnerActor"))  # any the session's tests left
+    fleet = RayFleet(fleet_config, load_start(fleet_config))
+    killed = []
+
+    def kill_once(done: int) -> None:
+        # After the first chunk comes back: the learners' next replies never come.
+        if not killed:
+            pid = min(set(actor_pids(ray_cluster, "LearnerActor")) - others)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    try:
+        with pytest.raises(ClusterError, match="a fleet learner actor was lost"):
+            fleet.run(seed=5, progress=kill_once)
+        result = fleet.run(seed=5)
+        fresh = set(actor_pids(ray_cluster, "LearnerActor")) - others
+    finally:
+        fleet.close()
+    assert killed and killed[0] not in fresh and len(fresh) == 2
+    for record, reference in zip(result.records, local_reference.records, strict=True):
+        assert len(record) == 24 and _same(record, reference)

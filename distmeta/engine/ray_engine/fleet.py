@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from distmeta.config import ExperimentConfig, config_to_dict
 from distmeta.engine.fleet import (
@@ -146,6 +146,9 @@ class RayFleet:
                     submit(worker)
             outcomes = ray.get(reports)
             final = {name: ray.get(learner.params.remote()) for name, learner in learners.items()}
+        except RayActorError as error:  # not a worker (_fetch names those): a learner
+            self._drop_learners()
+            raise _learner_lost(error) from None
         except BaseException:
             self._drop_learners()  # the next run starts on fresh ones, whatever this left
             raise
@@ -169,6 +172,8 @@ class RayFleet:
         except TaskFailedError as error:
             raise TaskFailedError(error.task, error.reason) from None
         except RayActorError as error:
+            if isinstance(error, RayTaskError):  # the call's argument failed: a learner's reply
+                raise _learner_lost(error) from None
             raise ClusterError(
                 "a fleet worker was lost for good (Ray restarts a worker and retries its "
                 f"call engine.max_task_retries times): {type(error).__name__}"
@@ -184,3 +189,11 @@ class RayFleet:
                 self.pool.close()
         finally:
             self.connection.close()
+
+
+def _learner_lost(error: RayActorError) -> ClusterError:
+    return ClusterError(
+        "a fleet learner actor was lost (learners are not restarted: their meta-parameters "
+        "have no checkpoint to come back from); this run cannot finish, the fleet's next run "
+        f"starts new learners: {type(error).__name__}"
+    )
