@@ -7,17 +7,10 @@
 #   run tool: command "bash benchmarks/stream_fleet_device.sh",
 #             carry [".gpu/carry", "runs/stream_sinusoid/maml", "runs/stream_sinusoid/joint"]
 # Arguments go to stream_fleet.py after ours (default: --steps 200 --repeats 3). Its output
-# lands in $OUT/fleet.log. Settings, from the environment: PYTHON (python3), CARRY
-# (.gpu/carry), OUT (a new temporary folder), WORK (/tmp/distmeta-gpu: what unpack.py extracts).
+# lands in $OUT/fleet.log. Settings, from the environment: those of gpu/device_env.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-CARRY=${CARRY:-.gpu/carry}
-OUT=${OUT:-$(mktemp -d)}
-WORK=${WORK:-/tmp/distmeta-gpu}
-mkdir -p "$OUT"
-export RAY_USAGE_STATS_ENABLED=0 RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/ \
-  RAY_AUTH_MODE=disabled DO_NOT_TRACK=true PYTHONUNBUFFERED=1 RAY_memory_monitor_refresh_ms=0
+. benchmarks/gpu/device_env.sh
 args=("$@")
 [ $# -gt 0 ] || args=(--steps 200 --repeats 3)
 began=$SECONDS
