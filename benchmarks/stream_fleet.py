@@ -65,11 +65,16 @@ def main() -> None:
         default=True,
         help="after the timing, the held-out comparison (2., in this process, on its CPU)",
     )
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override, for every run (repeat)"
+    )
     args = parser.parse_args()
 
-    base = load_config(args.config, ["tracking.enabled=false", f"stream.steps={args.steps}"])
+    common = ["tracking.enabled=false", f"stream.steps={args.steps}", *args.set]
+    base = load_config(args.config, common)
     start = load_start(base)
     out: dict = {"steps": args.steps, "streams": args.streams, "held_out_steps": args.held_out}
+    out["overrides"] = args.set
     rates: dict[int, list[float]] = {1: [], 2: []}
     fleet_meta = None
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
@@ -79,8 +84,7 @@ def main() -> None:
                 config = load_config(
                     args.config,
                     [
-                        "tracking.enabled=false",
-                        f"stream.steps={args.steps}",
+                        *common,
                         f"stream.streams={args.streams}",
                         "engine.name=ray",
                         f"engine.workers={workers}",
