@@ -20,10 +20,6 @@ from distmeta.config import load_config
 from distmeta.engine.local import LocalEngine
 
 
-def _flat(params: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([p.reshape(-1) for p in params.values()])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
@@ -32,14 +28,13 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, ["tracking.enabled=false", *args.set])
     exact, moved = LocalEngine(config), LocalEngine(config)
-    initial = _flat(exact.params())
-    assert torch.equal(initial, _flat(moved.params())), "the two runs start apart"
+    a, b = exact.learner.theta, moved.learner.theta  # each engine's flat meta-parameters
+    initial = a.clone()
+    assert torch.equal(initial, b), "the two runs start apart"
     with torch.no_grad():
-        theta = moved.learner.theta
-        theta.copy_(torch.nextafter(theta, torch.full_like(theta, torch.inf)))
+        b.copy_(torch.nextafter(b, torch.full_like(b, torch.inf)))
     drift = []
     for step, _ in enumerate(zip(exact.run(0, args.steps), moved.run(0, args.steps), strict=True)):
-        a, b = _flat(exact.params()), _flat(moved.params())
         drift.append(float((a - b).norm() / (a - initial).norm()))
         print(json.dumps({"step": step + 1, "drift_over_update": drift[-1]}), flush=True)
     print(json.dumps({"config": args.config, "overrides": args.set, "drift": drift}))
