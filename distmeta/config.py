@@ -638,6 +638,9 @@ class _StreamSection(_Section):
     """C-MAML keeps adapting its fast weights on each batch while no switch is detected (and
     restarts from the meta-parameters at a switch), instead of adapting afresh from the
     meta-parameters on the previous batch alone."""
+    memory: PositiveInt = 1
+    """C-MAML: batches of the current task (the latest since the detected switch) that its
+    fast weights adapt on together; 1 adapts on the newest batch alone."""
     meta_lr: PositiveFloat = 1e-4
     """Adam's learning rate for the online meta-updates."""
     adapt_steps: PositiveInt | None = None

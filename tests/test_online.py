@@ -171,6 +171,67 @@ def test_cmaml_prolonged_adaptation_keeps_adapting_and_fresh_restarts_each_step(
         torch.testing.assert_close(fresh.fast[name], one_step[name])
 
 
+@pytest.mark.parametrize("prolonged", [True, False])
+def test_cmaml_with_memory_adapts_on_the_current_tasks_latest_batches_together(prolonged):
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    batches = _slopes([1.5] * 5 + [-2.0] * 3)
+    learner = CMAML(algorithm, gamma=1.0, lambda_=1.0, prolonged=prolonged, memory=3)
+    expected = None
+    for step, batch in enumerate(batches):
+        update = learner.observe(meta, batch.x, batch.y)
+        if step in (0, 5):  # the first batch and the detected switch: adapted afresh
+            assert update.detected_switch is (step == 5)
+            expected = algorithm.adapt(meta, batch.x, batch.y)
+            task_start = step
+        else:
+            window = batches[max(task_start, step - 2) : step + 1]
+            support_x = torch.cat([b.x for b in window])
+            support_y = torch.cat([b.y for b in window])
+            expected = (
+                algorithm.adapt_further(meta, expected, support_x, support_y)
+                if prolonged
+                else algorithm.adapt(meta, support_x, support_y)
+            )
+        for name in expected:
+            torch.testing.assert_close(learner.fast[name], expected[name])
+    assert len(learner.recent) == 3  # batches 5-7: nothing of the task before the switch
+    with pytest.raises(ValueError, match="memory"):
+        CMAML(algorithm, gamma=1.0, lambda_=1.0, memory=0)
+
+
+def test_cmaml_rejects_prolonged_steps_that_overshoot():
+    """Fast weights in a steep region (a large output weight): the inner rate overshoots
+    there, so going on would diverge. The steps are rejected; the fast weights before them
+    fit the batch better than an adaptation afresh from the meta-parameters, so they stay,
+    until the fresh adaptation fits better."""
+    algorithm = MAML(dm.models.MLP(1, (1,), 1), F.mse_loss, inner_lr=0.05, execution="loop")
+    meta = {name: torch.full_like(p, 0.5) for name, p in algorithm.init_params().items()}
+    first, second = (
+        StreamBatch(step, x, 2 * x, 0, False, 0)
+        for step, x in enumerate(torch.linspace(0.5, 2.5, 20).reshape(2, 10, 1))
+    )
+    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0)
+    learner.observe(meta, first.x, first.y)
+    steep = {
+        "net.0.weight": torch.full((1, 1), 0.1),
+        "net.0.bias": torch.full((1,), 0.05),
+        "net.2.weight": torch.full((1, 1), 10.0),
+        "net.2.bias": torch.full((1,), 0.5),
+    }
+    learner.fast = steep
+    overshot = algorithm.adapt_further(meta, steep, second.x, second.y)
+    assert F.mse_loss(algorithm.forward(overshot, second.x), second.y) > 100 * F.mse_loss(
+        algorithm.forward(steep, second.x), second.y
+    )
+    learner.observe(meta, second.x, second.y)
+    assert learner.fast is steep
+    learner.fast = {**steep, "net.2.bias": torch.full((1,), -3.0)}  # steep and far off
+    learner.observe(meta, second.x, second.y)
+    for name, value in algorithm.adapt(meta, second.x, second.y).items():
+        torch.testing.assert_close(learner.fast[name], value)
+
+
 def test_adapt_further_continues_the_inner_loop():
     algorithm = MAML(dm.models.MLP(1, (8,), 1), F.mse_loss, inner_rule=MetaSGDRule(0.05))
     params = algorithm.init_params()
@@ -268,7 +329,7 @@ def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
     algorithm = _linear_algorithm()
     meta = {name: p + 0.2 for name, p in _zero(algorithm).items()}
     build = {
-        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0),
+        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0, memory=3),
         "ftml": lambda: FTML(algorithm, 0.5, 4, 3, 2, np.random.default_rng(3)),
         "finetune": lambda: OnlineTraining(algorithm, meta, 0.05),
         "frozen_meta": lambda: FrozenMeta(algorithm, meta),

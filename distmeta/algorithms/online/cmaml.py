@@ -32,6 +32,13 @@ class CMAML:
         ``1 - exp(-lambda * loss)`` with the prediction's loss (OSAKA's update modulation: what
         the model already predicts well barely moves it), and the fast weights keep adapting
         on the new batch (``prolonged``) or are adapted afresh from the meta-parameters on it.
+        With a ``memory`` of more than one batch, the fast weights adapt on the task's last
+        ``memory`` batches since the detected switch together (prolonged, or afresh from the
+        meta-parameters), not on the newest alone (GrBAL adapts on its recent transitions the
+        same way): a task that holds for many steps is fitted on more of its data. Prolonged
+        steps that raise the fast weights' loss on their own support set (the inner rate
+        overshooting on a steep task) are rejected, and an adaptation afresh from the
+        meta-parameters on that set replaces the fast weights if it fits it better.
         Learned per-parameter inner rates (OSAKA's optional ones) are the algorithm's
         ``metasgd`` inner rule.
 
@@ -44,6 +51,7 @@ class CMAML:
         lambda_: Update modulation (large: every update in full).
         prolonged: Keep adapting the fast weights while no switch is detected.
         steps: Inner steps of each adaptation (``None``: the algorithm's own).
+        memory: Batches of the current task that the fast weights adapt on.
         told_switches: Use the true switches (the oracle).
 
     References:
@@ -67,13 +75,18 @@ class CMAML:
         prolonged: bool = True,
         steps: int | None = None,
         told_switches: bool = False,
+        memory: int = 1,
     ):
         if not lambda_ > 0:
             raise ValueError(f"lambda must be positive, got {lambda_}")
+        if memory < 1:
+            raise ValueError(f"memory must hold at least one batch, got {memory}")
         self.algorithm, self.gamma, self.lambda_ = algorithm, float(gamma), float(lambda_)
         self.prolonged, self.steps, self.told_switches = prolonged, steps, told_switches
+        self.memory = memory
         self.fast: Params | None = None
-        self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []
+        """The current task's latest batches (at most ``memory``), oldest first."""
 
     def predict(self, meta: Params | None, x: torch.Tensor) -> torch.Tensor:
         return predict_with(self.algorithm, self.fast, meta, x)
@@ -83,8 +96,8 @@ class CMAML:
     ) -> OnlineUpdate:
         algorithm = self.algorithm
         fresh = algorithm.adapt(meta, x, y, self.steps)
-        if self.previous is None or self.fast is None:  # the stream's first batch
-            self.fast, self.previous = fresh, (x, y)
+        if not self.recent or self.fast is None:  # the stream's first batch
+            self.fast, self.recent = fresh, [(x, y)]
             return OnlineUpdate(detected_switch=False)
         loss = loss_of(algorithm, self.fast, x, y)
         # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
@@ -94,23 +107,41 @@ class CMAML:
             detected = bool(switch)
         else:
             detected = lost or loss - loss_of(algorithm, fresh, x, y) > self.gamma
-        gradient = None
         if detected or lost:
-            self.fast = fresh
+            self.fast, self.recent = fresh, [(x, y)]
+            return OnlineUpdate(None, detected)
+        before_x, before_y = self.recent[-1]
+        task = TaskBatch(before_x[None], before_y[None], x[None], y[None])
+        mean, _ = algorithm.meta_gradient(meta, task)
+        gradient = scaled(mean, 1.0 - math.exp(-self.lambda_ * loss))
+        self.recent = [*self.recent, (x, y)][-self.memory :]
+        support_x = torch.cat([batch_x for batch_x, _ in self.recent])
+        support_y = torch.cat([batch_y for _, batch_y in self.recent])
+        if self.prolonged:
+            self.fast = self._adapted_further(meta, support_x, support_y)
+        elif len(self.recent) > 1:
+            self.fast = algorithm.adapt(meta, support_x, support_y, self.steps)
         else:
-            before_x, before_y = self.previous
-            task = TaskBatch(before_x[None], before_y[None], x[None], y[None])
-            mean, _ = algorithm.meta_gradient(meta, task)
-            gradient = scaled(mean, 1.0 - math.exp(-self.lambda_ * loss))
-            if self.prolonged:
-                self.fast = algorithm.adapt_further(meta, self.fast, x, y, self.steps)
-            else:
-                self.fast = fresh
-        self.previous = (x, y)
+            self.fast = fresh
         return OnlineUpdate(gradient, detected)
 
+    def _adapted_further(self, meta: Params | None, x: torch.Tensor, y: torch.Tensor) -> Params:
+        """The fast weights after more inner steps on ``(x, y)``, unless those steps raised
+        their loss on it: the inner rate overshot (plain SGD on a task steeper than the ones
+        it was meta-trained for, e.g. a sinusoid's amplitude 5-10), and going on would
+        diverge within a few batches. The steps are then rejected, and of the fast weights
+        before them and the weights adapted afresh from the meta-parameters on ``(x, y)``
+        the one with the lower loss on it is kept."""
+        algorithm, fast = self.algorithm, self.fast
+        before = loss_of(algorithm, fast, x, y)
+        further = algorithm.adapt_further(meta, fast, x, y, self.steps)
+        if loss_of(algorithm, further, x, y) <= before:
+            return further
+        fresh = algorithm.adapt(meta, x, y, self.steps)
+        return fresh if loss_of(algorithm, fresh, x, y) < before else fast
+
     def state_dict(self) -> dict[str, Any]:
-        return {"fast": cloned(self.fast), "previous": self.previous}
+        return {"fast": cloned(self.fast), "recent": list(self.recent)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fast, self.previous = cloned(state["fast"]), state["previous"]
+        self.fast, self.recent = cloned(state["fast"]), list(state["recent"])
