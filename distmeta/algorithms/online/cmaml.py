@@ -118,27 +118,34 @@ class CMAML:
         support_x = torch.cat([batch_x for batch_x, _ in self.recent])
         support_y = torch.cat([batch_y for _, batch_y in self.recent])
         if self.prolonged:
-            self.fast = self._adapted_further(meta, support_x, support_y)
-        elif len(self.recent) > 1:
-            self.fast = algorithm.adapt(meta, support_x, support_y, self.steps)
+            self.fast = self._adapted_further(meta, fresh, support_x, support_y)
         else:
-            self.fast = fresh
+            self.fast = self._adapted_afresh(meta, fresh, support_x, support_y)
         return OnlineUpdate(gradient, detected)
 
-    def _adapted_further(self, meta: Params | None, x: torch.Tensor, y: torch.Tensor) -> Params:
-        """The fast weights after more inner steps on ``(x, y)``, unless those steps raised
-        their loss on it: the inner rate overshot (plain SGD on a task steeper than the ones
-        it was meta-trained for, e.g. a sinusoid's amplitude 5-10), and going on would
-        diverge within a few batches. The steps are then rejected, and of the fast weights
-        before them and the weights adapted afresh from the meta-parameters on ``(x, y)``
+    def _adapted_afresh(
+        self, meta: Params | None, fresh: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> Params:
+        """The weights adapted afresh from the meta-parameters on the memory's batches
+        ``(x, y)``: ``fresh`` (adapted on the newest batch) when it holds that batch alone."""
+        return fresh if len(self.recent) == 1 else self.algorithm.adapt(meta, x, y, self.steps)
+
+    def _adapted_further(
+        self, meta: Params | None, fresh: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> Params:
+        """The fast weights after more inner steps on the memory's batches ``(x, y)``,
+        unless those steps raised their loss on it: the inner rate overshot (plain SGD on a
+        task steeper than the ones it was meta-trained for, e.g. a sinusoid's amplitude
+        5-10), and going on would diverge within a few batches. The steps are then rejected,
+        and of the fast weights before them and the weights adapted afresh on ``(x, y)``
         the one with the lower loss on it is kept."""
         algorithm, fast = self.algorithm, self.fast
         before = loss_of(algorithm, fast, x, y)
         further = algorithm.adapt_further(meta, fast, x, y, self.steps)
         if loss_of(algorithm, further, x, y) <= before:
             return further
-        fresh = algorithm.adapt(meta, x, y, self.steps)
-        return fresh if loss_of(algorithm, fresh, x, y) < before else fast
+        afresh = self._adapted_afresh(meta, fresh, x, y)
+        return afresh if loss_of(algorithm, afresh, x, y) < before else fast
 
     def state_dict(self) -> dict[str, Any]:
         return {"fast": cloned(self.fast), "recent": list(self.recent)}
