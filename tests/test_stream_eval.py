@@ -104,10 +104,10 @@ def test_recovery_counts_the_steps_until_the_loss_is_back_near_its_level():
     # decays; the mean of the next three steps first falls to <= 1.1 three steps in.
     loss = [1.0] * 10 + [9.0, 5.0, 2.0, 1.1, 1.0, 1.05, 1.0, 1.0]
     record = _record({"a": loss}, [0] * 10 + [1] + [0] * 7)
-    (found,) = recoveries(record, "a")
+    (found,) = recoveries(record, "a", 2)
     assert (found.steps, found.recovered, found.visit) == (3, True, 1)
     never = _record({"a": [1.0] * 10 + [9.0] * 6}, [0] * 10 + [1] + [0] * 5)
-    (censored,) = recoveries(never, "a")
+    (censored,) = recoveries(never, "a", 2)
     assert (censored.steps, censored.recovered) == (6, False)  # the task's whole length
 
 
@@ -115,8 +115,14 @@ def test_recovery_is_counted_by_visit_of_a_task_that_comes_back():
     loss = [1.0] * 4 + [5.0, 1.0, 1.0, 1.0] + [1.0] * 4 + [5.0, 5.0, 5.0, 1.0, 1.0, 1.0]
     switch = [0] * 4 + [1, 0, 0, 0] + [1, 0, 0, 0] + [1, 0, 0, 0, 0, 0]
     task = [0] * 4 + [1] * 4 + [0] * 4 + [1] * 6
-    found = recoveries(_record({"a": loss}, switch, task=task), "a")
+    record = _record({"a": loss}, switch, task=task)
+    found = recoveries(record, "a", 2)
     assert [(f.visit, f.steps) for f in found] == [(1, 1), (2, 0), (2, 3)]
+    assert [f.loss_after for f in found] == [3.0, 1.0, 5.0]  # the 2 steps from each switch
+    summary = summarize([[record]], "a", ("in", "out1", "out2"), switch_window=2, oracle="a")
+    assert summary.recovery_by_visit["second"].mean == 1.5
+    assert summary.loss_after_switch_by_visit["first"].mean == 3.0
+    assert summary.loss_after_switch_by_visit["second"].mean == 3.0
 
 
 def test_switch_detection_scores_against_the_true_switches():
@@ -138,6 +144,7 @@ def test_summary_definitions_on_a_known_record():
     assert summary.loss_after_switch.mean == 4.5
     assert summary.regret.mean == 15.0
     assert summary.recovery_by_visit is None  # no task came back
+    assert summary.loss_after_switch_by_visit is None
     assert interval([1.0, float("inf")]).mean == math.inf
     assert interval([2.0]).ci95 == 0.0
 

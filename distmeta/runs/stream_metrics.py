@@ -17,8 +17,11 @@ Definitions (every number is over steps scored before their labels were revealed
   steps of the learner's loss minus the oracle's.
 - ``switch_detection``: precision, recall and F1 of the steps a learner declared a switch
   against the true switches (step 0 excluded: nothing came before it).
-- ``recovery_by_visit``: recovery after switches to a task seen for the first and for the
-  second time (streams whose tasks come back: pendulum regimes).
+- ``recovery_by_visit`` and ``loss_after_switch_by_visit``: recovery, and the loss after
+  the switch, for switches to a task seen for the first and for the second time (streams
+  whose tasks come back: pendulum regimes). The loss after the switch compares a task's two
+  visits directly; the recovery count also depends on the task left (its level), which
+  differs between the two.
 
 Each number is computed per seed (all streams of the seed pooled), then averaged over seeds
 with a 95 % Student-t interval (0 for a single seed).
@@ -81,15 +84,18 @@ def interval(values: Sequence[float]) -> Interval:
 @dataclass(frozen=True)
 class Recovery:
     """One switch's recovery: steps taken (or the task's length if it never recovered),
-    whether it recovered, and which visit of its task it was (1 for a first visit)."""
+    whether it recovered, which visit of its task it was (1 for a first visit), and the mean
+    loss over the window of steps that starts at the switch."""
 
     steps: int
     recovered: bool
     visit: int
+    loss_after: float
 
 
-def recoveries(record: StreamRecord, name: str) -> list[Recovery]:
-    """Recovery of learner ``name`` after every switch of one stream."""
+def recoveries(record: StreamRecord, name: str, window: int) -> list[Recovery]:
+    """Recovery of learner ``name`` after every switch of one stream, and its mean loss over
+    the ``window`` steps from each switch on."""
     loss = record.loss[name]
     starts = np.flatnonzero(np.r_[True, record.switch[1:]])
     ends = np.r_[starts[1:], len(record)]
@@ -103,11 +109,12 @@ def recoveries(record: StreamRecord, name: str) -> list[Recovery]:
         level = loss[max(starts[number - 1], start - LEVEL_STEPS) : start].mean()
         steps, recovered = int(end - start), False
         for k in range(end - start):
-            window = loss[start + k : min(start + k + RECOVERY_SMOOTHING, end)]
-            if window.mean() <= (1 + RECOVERY_TOLERANCE) * level:
+            smoothed = loss[start + k : min(start + k + RECOVERY_SMOOTHING, end)].mean()
+            if smoothed <= (1 + RECOVERY_TOLERANCE) * level:
                 steps, recovered = k, True
                 break
-        found.append(Recovery(steps, recovered, seen[task]))
+        after = float(loss[start : start + window].mean())
+        found.append(Recovery(steps, recovered, seen[task], after))
     return found
 
 
@@ -139,6 +146,7 @@ class LearnerSummary:
     modes_accuracy: dict[str, Interval] | None = None
     switch_detection: dict[str, Interval] | None = None
     recovery_by_visit: dict[str, Interval] | None = None
+    loss_after_switch_by_visit: dict[str, Interval] | None = None
 
     def to_dict(self) -> dict:
         """Plain data for JSON: ``mean_loss``, ``mean_loss_ci95``, ``modes`` (means per mode)
@@ -156,6 +164,11 @@ class LearnerSummary:
             else:
                 out[key] = [_plain(v) for v in value]
         return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean of ``values``; NaN (undefined) when there are none."""
+    return float(np.mean(values)) if values else math.nan
 
 
 def _plain(value: float) -> float | str:
@@ -192,18 +205,14 @@ def summarize(
                 f"mode:{mode_name}",
                 float(loss[mode == number].mean()) if (mode == number).any() else math.nan,
             )
-        found = [item for r in records for item in recoveries(r, name)]
-        add("recovery_steps", float(np.mean([f.steps for f in found])) if found else math.nan)
-        add("recovered", float(np.mean([f.recovered for f in found])) if found else math.nan)
+        found = [item for r in records for item in recoveries(r, name, switch_window)]
+        add("recovery_steps", _mean([f.steps for f in found]))
+        add("recovered", _mean([f.recovered for f in found]))
+        add("loss_after_switch", _mean([f.loss_after for f in found]))
         for visit, label in ((1, "first"), (2, "second")):
-            steps = [f.steps for f in found if f.visit == visit]
-            add(f"visit:{label}", float(np.mean(steps)) if steps else math.nan)
-        after = [
-            r.loss[name][start : start + switch_window].mean()
-            for r in records
-            for start in np.flatnonzero(r.switch)
-        ]
-        add("loss_after_switch", float(np.mean(after)) if after else math.nan)
+            visits = [f for f in found if f.visit == visit]
+            add(f"visit:{label}", _mean([f.steps for f in visits]))
+            add(f"after_visit:{label}", _mean([f.loss_after for f in visits]))
         regret = [float((r.loss[name] - r.loss[oracle]).sum()) for r in records]
         add("regret", float(np.mean(regret)))
         if records[0].accuracy:
@@ -239,6 +248,7 @@ def summarize(
     )
     if any(not math.isnan(value) for value in per_seed["visit:second"]):
         summary.recovery_by_visit = grouped("visit:")
+        summary.loss_after_switch_by_visit = grouped("after_visit:")
     if "mean_accuracy" in per_seed:
         summary.mean_accuracy = interval(per_seed["mean_accuracy"])
         summary.modes_accuracy = grouped("accuracy:")
