@@ -629,7 +629,8 @@ class _StreamSection(_Section):
     beside it on the same stream."""
     gamma: float = 1.0
     """Switch threshold: a switch is declared when the previous fast weights' loss on the new
-    batch exceeds that of fast weights adapted afresh on it by more than ``gamma``."""
+    batch exceeds that of fast weights adapted afresh on it (or, with a ``library``, of a
+    remembered task's weights adapted on it, whichever fits better) by more than ``gamma``."""
     lambda_: PositiveFloat = Field(1.0, alias="lambda")
     """Update modulation: an online meta-update is scaled by ``1 - exp(-lambda * loss)``, so
     batches the model already predicts well barely move the meta-parameters (large values:
@@ -641,6 +642,10 @@ class _StreamSection(_Section):
     memory: PositiveInt = 1
     """C-MAML: batches of the current task (the latest since the detected switch) that its
     fast weights adapt on together; 1 adapts on the newest batch alone."""
+    library: NonNegativeInt = 0
+    """C-MAML: past tasks whose fast weights it remembers (the most recently used), each a
+    candidate restart at a switch beside adapting afresh: a task that comes back starts where
+    its last visit ended. 0 remembers none."""
     meta_lr: PositiveFloat = 1e-4
     """Adam's learning rate for the online meta-updates."""
     adapt_steps: PositiveInt | None = None

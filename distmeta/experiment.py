@@ -521,7 +521,14 @@ ONLINE_METHODS: dict[
     str, Callable[[StreamConfig, MetaAlgorithm, np.random.Generator, bool], OnlineLearner]
 ] = {
     "cmaml": lambda spec, algorithm, rng, told: CMAML(
-        algorithm, spec.gamma, spec.lambda_, spec.prolonged, spec.adapt_steps, told, spec.memory
+        algorithm,
+        spec.gamma,
+        spec.lambda_,
+        spec.prolonged,
+        spec.adapt_steps,
+        told,
+        spec.memory,
+        spec.library,
     ),
     "ftml": lambda spec, algorithm, rng, told: FTML(
         algorithm,

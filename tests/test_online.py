@@ -232,6 +232,65 @@ def test_cmaml_rejects_prolonged_steps_that_overshoot():
         torch.testing.assert_close(learner.fast[name], value)
 
 
+def test_cmaml_with_a_library_restarts_a_task_that_comes_back_where_its_last_visit_ended():
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    batches = _slopes([1.5] * 5 + [-2.0] * 5 + [1.5] * 3)
+    learner = CMAML(algorithm, gamma=1.0, lambda_=1.0, library=2)
+    detected, fast = [], []
+    for batch in batches[:10]:
+        detected.append(learner.observe(meta, batch.x, batch.y).detected_switch)
+        fast.append(learner.fast)
+    assert detected[5] and not any(detected[:5] + detected[6:])
+    assert len(learner.known) == 1 and learner.known[0] is fast[4]  # the first task's end
+    for name, value in algorithm.adapt(meta, batches[5].x, batches[5].y).items():
+        torch.testing.assert_close(fast[5][name], value)  # new: adapted afresh
+
+    back = batches[10]
+    old_task = algorithm.adapt_further(meta, fast[4], back.x, back.y)
+    fit = {
+        name: float(F.mse_loss(algorithm.forward(weights, back.x), back.y))
+        for name, weights in (
+            ("current", learner.fast),
+            ("fresh", algorithm.adapt(meta, back.x, back.y)),
+            ("known", old_task),
+        )
+    }
+    # A threshold the fresh weights do not clear and the remembered task's do.
+    assert fit["current"] - fit["fresh"] < fit["current"] - fit["known"]
+    learner.gamma = fit["current"] - (fit["fresh"] + fit["known"]) / 2
+    assert learner.observe(meta, back.x, back.y).detected_switch is True
+    for name, value in old_task.items():
+        torch.testing.assert_close(learner.fast[name], value)
+    assert len(learner.known) == 1 and learner.known[0] is fast[9]  # the task just left
+
+    plain = CMAML(algorithm, gamma=learner.gamma, lambda_=1.0)
+    for batch in batches[:11]:
+        plain.observe(meta, batch.x, batch.y)
+    following = batches[11]
+    assert F.mse_loss(learner.predict(meta, following.x), following.y) < F.mse_loss(
+        plain.predict(meta, following.x), following.y
+    )
+
+
+@pytest.mark.parametrize("library", [1, 2])
+def test_cmaml_library_keeps_the_most_recently_used_tasks(library):
+    """Three tasks, each new one fitted better afresh than from a remembered task: the
+    library holds the last ``library`` tasks left."""
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    learner = CMAML(algorithm, gamma=0.5, lambda_=1.0, library=library)
+    detected, ends = [], []
+    for slope in (2.0, -2.0, 0.5):
+        for batch in _slopes([slope] * 10, seed=len(ends)):
+            detected.append(learner.observe(meta, batch.x, batch.y).detected_switch)
+        ends.append(learner.fast)
+    assert [step for step, found in enumerate(detected) if found] == [10, 20]
+    assert [id(weights) for weights in learner.known] == [id(end) for end in ends[:2][-library:]]
+    with pytest.raises(ValueError, match="library"):
+        CMAML(algorithm, gamma=1.0, lambda_=1.0, library=-1)
+
+
 def test_adapt_further_continues_the_inner_loop():
     algorithm = MAML(dm.models.MLP(1, (8,), 1), F.mse_loss, inner_rule=MetaSGDRule(0.05))
     params = algorithm.init_params()
@@ -329,7 +388,7 @@ def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
     algorithm = _linear_algorithm()
     meta = {name: p + 0.2 for name, p in _zero(algorithm).items()}
     build = {
-        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0, memory=3),
+        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0, memory=3, library=2),
         "ftml": lambda: FTML(algorithm, 0.5, 4, 3, 2, np.random.default_rng(3)),
         "finetune": lambda: OnlineTraining(algorithm, meta, 0.05),
         "frozen_meta": lambda: FrozenMeta(algorithm, meta),

@@ -39,6 +39,15 @@ class CMAML:
         steps that raise the fast weights' loss on their own support set (the inner rate
         overshooting on a steep task) are rejected, and an adaptation afresh from the
         meta-parameters on that set replaces the fast weights if it fits it better.
+
+        With a ``library`` of past tasks (tasks that come back: a robot's regimes), the fast
+        weights of each task left at a detected switch are kept (the ``library`` most recently
+        used ones), and a remembered task's weights adapted on the new batch are a candidate
+        restart beside the fresh ones: the switch test compares the current fast weights with
+        the candidate that fits the batch best, and a task seen before starts from where its
+        last visit ended instead of from the meta-parameters (MOCA's and the task-library
+        methods' idea, applied to C-MAML's restart).
+
         Learned per-parameter inner rates (OSAKA's optional ones) are the algorithm's
         ``metasgd`` inner rule.
 
@@ -52,6 +61,7 @@ class CMAML:
         prolonged: Keep adapting the fast weights while no switch is detected.
         steps: Inner steps of each adaptation (``None``: the algorithm's own).
         memory: Batches of the current task that the fast weights adapt on.
+        library: Past tasks whose fast weights are remembered (0: none).
         told_switches: Use the true switches (the oracle).
 
     References:
@@ -76,17 +86,22 @@ class CMAML:
         steps: int | None = None,
         told_switches: bool = False,
         memory: int = 1,
+        library: int = 0,
     ):
         if not lambda_ > 0:
             raise ValueError(f"lambda must be positive, got {lambda_}")
         if memory < 1:
             raise ValueError(f"memory must hold at least one batch, got {memory}")
+        if library < 0:
+            raise ValueError(f"library must hold zero or more tasks, got {library}")
         self.algorithm, self.gamma, self.lambda_ = algorithm, float(gamma), float(lambda_)
         self.prolonged, self.steps, self.told_switches = prolonged, steps, told_switches
-        self.memory = memory
+        self.memory, self.library = memory, library
         self.fast: Params | None = None
         self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []
         """The current task's latest batches (at most ``memory``), oldest first."""
+        self.known: list[Params] = []
+        """Fast weights of past tasks (at most ``library``), least recently used first."""
 
     def predict(self, meta: Params | None, x: torch.Tensor) -> torch.Tensor:
         return predict_with(self.algorithm, self.fast, meta, x)
@@ -103,12 +118,16 @@ class CMAML:
         # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
         # their loss can say nothing about the task, and it would scale the meta-update.
         lost = not math.isfinite(loss)
-        if switch is not None:  # told the truth: the oracle
-            detected = bool(switch)
-        else:
-            detected = lost or loss - loss_of(algorithm, fresh, x, y) > self.gamma
+        start, start_loss, remembered = self._best_restart(meta, fresh, x, y)
+        # Told the truth (the oracle), it believes it; otherwise it tests.
+        tested = lost or loss - start_loss > self.gamma
+        detected = bool(switch) if switch is not None else tested
         if detected or lost:
-            self.fast, self.recent = fresh, [(x, y)]
+            if remembered is not None:
+                del self.known[remembered]
+            if not lost and self.library:
+                self.known = [*self.known, self.fast][-self.library :]
+            self.fast, self.recent = start, [(x, y)]
             return OnlineUpdate(None, detected)
         before_x, before_y = self.recent[-1]
         task = TaskBatch(before_x[None], before_y[None], x[None], y[None])
@@ -122,6 +141,22 @@ class CMAML:
         else:
             self.fast = self._adapted_afresh(meta, fresh, support_x, support_y)
         return OnlineUpdate(gradient, detected)
+
+    def _best_restart(
+        self, meta: Params | None, fresh: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[Params, float, int | None]:
+        """Of the weights adapted afresh on ``(x, y)`` and each remembered task's weights
+        adapted further on it, the one with the lowest loss on it: the weights, that loss,
+        and the remembered task's place in the library (``None`` for the fresh weights).
+        Both kinds are scored on the batch they adapted on, so neither is favoured."""
+        algorithm = self.algorithm
+        best, best_loss, place = fresh, loss_of(algorithm, fresh, x, y), None
+        for index, weights in enumerate(self.known):
+            adapted = algorithm.adapt_further(meta, weights, x, y, self.steps)
+            adapted_loss = loss_of(algorithm, adapted, x, y)
+            if adapted_loss < best_loss:
+                best, best_loss, place = adapted, adapted_loss, index
+        return best, best_loss, place
 
     def _adapted_afresh(
         self, meta: Params | None, fresh: Params, x: torch.Tensor, y: torch.Tensor
@@ -148,7 +183,12 @@ class CMAML:
         return afresh if loss_of(algorithm, afresh, x, y) < before else fast
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fast": cloned(self.fast), "recent": list(self.recent)}
+        return {
+            "fast": cloned(self.fast),
+            "recent": list(self.recent),
+            "known": [cloned(weights) for weights in self.known],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fast, self.recent = cloned(state["fast"]), list(state["recent"])
+        self.known = [cloned(weights) for weights in state["known"]]
