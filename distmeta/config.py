@@ -683,6 +683,19 @@ class _StreamSection(_Section):
             raise ValueError(f"mode_probs must sum to 1, got {list(self.mode_probs)}")
         return self
 
+    @model_validator(mode="after")
+    def _cmaml_options(self) -> _StreamSection:
+        """``memory`` and ``library`` are C-MAML's: refused for another method rather than
+        ignored."""
+        options = {"memory": (self.memory, 1), "library": (self.library, 0)}
+        changed = [f"{key}: {value}" for key, (value, plain) in options.items() if value != plain]
+        if self.method != "cmaml" and changed:
+            raise ValueError(
+                f"{', '.join(changed)} apply to method cmaml only, not {self.method} "
+                "(leave memory at 1 and library at 0)"
+            )
+        return self
+
 
 class SinusoidStreamConfig(_StreamSection):
     """A switching sinusoid (MOCA's settings): in-distribution tasks are ``task.amplitude`` and
