@@ -112,17 +112,21 @@ def test_recovery_counts_the_steps_until_the_loss_is_back_near_its_level():
 
 
 def test_recovery_is_counted_by_visit_of_a_task_that_comes_back():
-    loss = [1.0] * 4 + [5.0, 1.0, 1.0, 1.0] + [1.0] * 4 + [5.0, 5.0, 5.0, 1.0, 1.0, 1.0]
-    switch = [0] * 4 + [1, 0, 0, 0] + [1, 0, 0, 0] + [1, 0, 0, 0, 0, 0]
-    task = [0] * 4 + [1] * 4 + [0] * 4 + [1] * 6
+    loss = [1.0] * 4 + [5.0, 1, 1, 1] + [9.0, 9, 1, 1] + [1.0] * 4 + [5.0, 5, 5, 1, 1, 1]
+    switch = [0] * 4 + [1, 0, 0, 0] * 3 + [1, 0, 0, 0, 0, 0]
+    task = [0] * 4 + [1] * 4 + [2] * 4 + [0] * 4 + [1] * 6
     record = _record({"a": loss}, switch, task=task)
     found = recoveries(record, "a", 2)
-    assert [(f.visit, f.steps) for f in found] == [(1, 1), (2, 0), (2, 3)]
-    assert [f.loss_after for f in found] == [3.0, 1.0, 5.0]  # the 2 steps from each switch
+    expected = [(1, 1, 1), (2, 1, 2), (0, 2, 0), (1, 2, 3)]  # (task, visit, steps)
+    assert [(f.task, f.visit, f.steps) for f in found] == expected
+    assert [f.loss_after for f in found] == [3.0, 9.0, 1.0, 5.0]  # the 2 steps from each switch
+    # By visit: task 1's two visits only. Task 2 never came back, and task 0's first visit
+    # began the stream, not at a switch.
     summary = summarize([[record]], "a", ("in", "out1", "out2"), switch_window=2, oracle="a")
-    assert summary.recovery_by_visit["second"].mean == 1.5
-    assert summary.loss_after_switch_by_visit["first"].mean == 3.0
-    assert summary.loss_after_switch_by_visit["second"].mean == 3.0
+    visits = summary.recovery_by_visit
+    assert (visits["first"].mean, visits["second"].mean) == (1.0, 3.0)
+    after = summary.loss_after_switch_by_visit
+    assert (after["first"].mean, after["second"].mean) == (3.0, 5.0)
 
 
 def test_switch_detection_scores_against_the_true_switches():

@@ -18,10 +18,12 @@ Definitions (every number is over steps scored before their labels were revealed
 - ``switch_detection``: precision, recall and F1 of the steps a learner declared a switch
   against the true switches (step 0 excluded: nothing came before it).
 - ``recovery_by_visit`` and ``loss_after_switch_by_visit``: recovery, and the loss after
-  the switch, for switches to a task seen for the first and for the second time (streams
-  whose tasks come back: pendulum regimes). The loss after the switch compares a task's two
-  visits directly; the recovery count also depends on the task left (its level), which
-  differs between the two.
+  the switch, on the first and on the second visit of each task that comes back (streams
+  whose tasks recur: pendulum regimes), over the tasks whose two visits both began at a
+  switch, so both means are over the same tasks (easy tasks come back sooner, and pooling
+  every second visit would credit that to learning). The loss after the switch compares a
+  task's two visits directly; the recovery count also depends on the task left (its
+  level), which differs between the two.
 
 Each number is computed per seed (all streams of the seed pooled), then averaged over seeds
 with a 95 % Student-t interval (0 for a single seed).
@@ -84,11 +86,12 @@ def interval(values: Sequence[float]) -> Interval:
 @dataclass(frozen=True)
 class Recovery:
     """One switch's recovery: steps taken (or the task's length if it never recovered),
-    whether it recovered, which visit of its task it was (1 for a first visit), and the mean
-    loss over the window of steps that starts at the switch."""
+    whether it recovered, the task it switched to and which visit of it this was (1 for a
+    first visit), and the mean loss over the window of steps that starts at the switch."""
 
     steps: int
     recovered: bool
+    task: int
     visit: int
     loss_after: float
 
@@ -114,7 +117,7 @@ def recoveries(record: StreamRecord, name: str, window: int) -> list[Recovery]:
                 steps, recovered = k, True
                 break
         after = float(loss[start : start + window].mean())
-        found.append(Recovery(steps, recovered, seen[task], after))
+        found.append(Recovery(steps, recovered, task, seen[task], after))
     return found
 
 
@@ -166,6 +169,13 @@ class LearnerSummary:
         return out
 
 
+def _returns(found: Sequence[Recovery]) -> list[tuple[Recovery, Recovery]]:
+    """The first and the second visit of each task of one stream that came back, for the
+    tasks whose first visit also began at a switch (not the stream's first task)."""
+    first = {f.task: f for f in found if f.visit == 1}
+    return [(first[f.task], f) for f in found if f.visit == 2 and f.task in first]
+
+
 def _mean(values: Sequence[float]) -> float:
     """The mean of ``values``; NaN (undefined) when there are none."""
     return float(np.mean(values)) if values else math.nan
@@ -205,12 +215,16 @@ def summarize(
                 f"mode:{mode_name}",
                 float(loss[mode == number].mean()) if (mode == number).any() else math.nan,
             )
-        found = [item for r in records for item in recoveries(r, name, switch_window)]
+        per_record = [recoveries(r, name, switch_window) for r in records]
+        found = [item for items in per_record for item in items]
         add("recovery_steps", _mean([f.steps for f in found]))
         add("recovered", _mean([f.recovered for f in found]))
         add("loss_after_switch", _mean([f.loss_after for f in found]))
-        for visit, label in ((1, "first"), (2, "second")):
-            visits = [f for f in found if f.visit == visit]
+        returns = [pair for items in per_record for pair in _returns(items)]
+        for label, visits in (
+            ("first", [first for first, _ in returns]),
+            ("second", [second for _, second in returns]),
+        ):
             add(f"visit:{label}", _mean([f.steps for f in visits]))
             add(f"after_visit:{label}", _mean([f.loss_after for f in visits]))
         regret = [float((r.loss[name] - r.loss[oracle]).sum()) for r in records]
