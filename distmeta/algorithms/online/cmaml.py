@@ -118,11 +118,14 @@ class CMAML:
         # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
         # their loss can say nothing about the task, and it would scale the meta-update.
         lost = not math.isfinite(loss)
-        start, start_loss, remembered = self._best_restart(meta, fresh, x, y)
-        # Told the truth (the oracle), it believes it; otherwise it tests.
-        tested = lost or loss - start_loss > self.gamma
-        detected = bool(switch) if switch is not None else tested
+        restart = None
+        if switch is None:  # the test: does another start fit the batch better by gamma?
+            restart = self._best_restart(meta, fresh, x, y)
+            detected = lost or loss - restart[1] > self.gamma
+        else:  # told the truth (the oracle): a restart is needed only at a switch
+            detected = bool(switch)
         if detected or lost:
+            start, _, remembered = restart or self._best_restart(meta, fresh, x, y)
             if remembered is not None:
                 del self.known[remembered]
             if not lost and self.library:
