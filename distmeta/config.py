@@ -687,12 +687,14 @@ class _StreamSection(_Section):
     def _cmaml_options(self) -> _StreamSection:
         """``memory`` and ``library`` are C-MAML's: refused for another method rather than
         ignored."""
-        options = {"memory": (self.memory, 1), "library": (self.library, 0)}
-        changed = [f"{key}: {value}" for key, (value, plain) in options.items() if value != plain]
+        defaults = {key: type(self).model_fields[key].default for key in ("memory", "library")}
+        values = {key: getattr(self, key) for key in defaults}
+        changed = {key: value for key, value in values.items() if value != defaults[key]}
         if self.method != "cmaml" and changed:
+            named = ", ".join(f"{key}: {value}" for key, value in changed.items())
+            leave = " and ".join(f"{key} at {value}" for key, value in defaults.items())
             raise ValueError(
-                f"{', '.join(changed)} apply to method cmaml only, not {self.method} "
-                "(leave memory at 1 and library at 0)"
+                f"{named} apply to method cmaml only, not {self.method} (leave {leave})"
             )
         return self
 
