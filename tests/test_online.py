@@ -393,10 +393,12 @@ def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
         "finetune": lambda: OnlineTraining(algorithm, meta, 0.05),
         "frozen_meta": lambda: FrozenMeta(algorithm, meta),
     }[kind]
-    batches = _slopes([1.0] * 6 + [-1.0] * 6)
+    batches = _slopes([1.0] * 6 + [-1.0] * 6 + [1.0] * 4)  # the first task comes back
     original = build()
     for batch in batches[:7]:
         original.observe(meta, batch.x, batch.y)
+    if kind == "cmaml":
+        assert len(original.known) == 1  # the saved state holds a remembered task
     resumed = build()
     resumed.load_state_dict(original.state_dict())
     for batch in batches[7:]:
