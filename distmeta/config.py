@@ -403,8 +403,13 @@ class EvalConfig(_Section):
     """Seed of the evaluation tasks; ``None`` uses ``seed + 1`` (tasks never seen in training)."""
     checkpoint: Literal["final", "best"] = "final"
     """A learned optimizer's weights: the ``final`` ones, or those of the checkpoint (or final
-    step) with the lowest mean loss at the horizon on the validation problems: chosen as the
-    baselines' learning rates are (``algorithm.name: l2l`` only)."""
+    step) that scores best on the validation problems: chosen as the baselines' learning
+    rates are (``algorithm.name: l2l`` only)."""
+    select_at: Literal["both", "horizon"] = "both"
+    """What a learned optimizer's validation problems score a baseline's learning rate (and
+    with ``checkpoint: best`` a checkpoint) by: the log10 of the mean loss at the training
+    horizon and at twice it, averaged (``both``: the two points the comparison reports), or
+    at the horizon alone."""
 
 
 class WorkerResources(_Section):
@@ -887,6 +892,11 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 "eval.checkpoint: choosing a checkpoint on validation problems is for learned "
                 f"optimizers (algorithm.name l2l), not {algorithm.name}"
+            )
+        if self.eval.select_at != "both" and algorithm.name != "l2l":
+            raise ValueError(
+                "eval.select_at: the validation score of learning rates and checkpoints is "
+                f"for learned optimizers (algorithm.name l2l), not {algorithm.name}"
             )
         unrolls = algorithm.unroll.horizon // algorithm.unroll.length
         if algorithm.name == "l2l" and self.train.checkpoint_every % unrolls:

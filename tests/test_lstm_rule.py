@@ -437,10 +437,11 @@ def test_eval_compares_the_learned_optimizer_with_tuned_ones(trained, capsys):
 
 def test_eval_can_choose_the_checkpoint_on_validation_problems(trained, tmp_path):
     """With eval.checkpoint best the learned optimizer is the checkpoint (or final step) with
-    the lowest validation loss at the horizon, scored as a baseline's learning rate is: its
-    score is the one the checkpoint loaded alone gets, and its test curve is that
-    checkpoint's. Here meta-training "ended badly": the final weights are the untrained ones,
-    which drive the loss up, so a checkpoint must win."""
+    the best validation score (log10 of the mean loss at the horizon and at twice it,
+    averaged), scored as a baseline's learning rate is: its score is the one the checkpoint
+    loaded alone gets, and its test curve is that checkpoint's. Here meta-training "ended
+    badly": the final weights are the untrained ones, which drive the loss up, so a
+    checkpoint must win."""
     import shutil
 
     from distmeta.engine.rundir import RunDir
@@ -459,12 +460,30 @@ def test_eval_can_choose_the_checkpoint_on_validation_problems(trained, tmp_path
     alone = dm.load_run(run_dir, step=20)
     validation = [(alone.config.seed + 1, 1, i) for i in range(32)]
     family = build_task_source(alone.config, split="eval")
-    curve = loss_curves(alone.model, family, validation, {"l": _learned(alone)}, 10)["l"]
-    assert learned.grid["20"] == pytest.approx(math.log10(float(curve[:, -1].mean())), rel=1e-9)
+    curve = loss_curves(alone.model, family, validation, {"l": _learned(alone)}, 20)["l"]
+    at = [math.log10(float(curve[:, step].mean())) for step in (10, 20)]
+    assert learned.grid["20"] == pytest.approx((at[0] + at[1]) / 2, rel=1e-9)
     chosen = dm.runs.compare_optimizers(dm.load_run(run_dir, step=learned.step), tasks=4)
     assert chosen.curves["learned"].loss == learned.loss
     final = dm.runs.compare_optimizers(dm.load_run(run_dir), tasks=4).curves["learned"]
     assert final.grid == {} and final.step == 40
+
+
+def test_eval_can_score_validation_at_the_horizon_alone(trained):
+    """eval.select_at horizon scores learning rates (and checkpoints) by the log10 of the mean
+    validation loss at the horizon only: Adam's chosen rate has the best such score."""
+    from distmeta.experiment import build_task_source
+    from distmeta.runs.optimizers import LEARNING_RATES, loss_curves
+
+    run = dm.load_run(trained, ["eval.select_at=horizon", "eval.checkpoint=best"])
+    adam = dm.runs.compare_optimizers(run, tasks=3).curves["adam"]
+    validation = [(run.config.seed + 1, 1, i) for i in range(32)]
+    family = build_task_source(run.config, split="eval")
+    makers = {f"{lr:g}": lambda ps, lr=lr: torch.optim.Adam(ps, lr=lr) for lr in LEARNING_RATES}
+    curves = loss_curves(run.model, family, validation, makers, 10)
+    finals = {lr: float(c[:, 10].mean()) for lr, c in curves.items() if c[:, 10].isfinite().all()}
+    assert f"{adam.lr:g}" == min(finals, key=finals.get)
+    assert adam.grid[f"{adam.lr:g}"] == pytest.approx(math.log10(finals[f"{adam.lr:g}"]))
 
 
 def test_config_keeps_checkpoint_choice_to_learned_optimizers():
@@ -472,6 +491,8 @@ def test_config_keeps_checkpoint_choice_to_learned_optimizers():
 
     with pytest.raises(ConfigError, match="eval.checkpoint: .* learned optimizers"):
         _lstm_config(algorithm={"name": "maml"}, eval={"checkpoint": "best"})
+    with pytest.raises(ConfigError, match="eval.select_at: .* learned optimizers"):
+        _lstm_config(algorithm={"name": "maml"}, eval={"select_at": "horizon"})
 
 
 def test_export_refuses_a_learned_optimizer_and_says_how_to_use_it(trained):

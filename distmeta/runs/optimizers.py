@@ -2,18 +2,19 @@
 
 What ``distmeta eval`` measures for a run that meta-trained a learned optimizer
 (``algorithm.name: l2l``). Each hand-designed optimizer first gets its best learning rate on a
-log grid from 1e-4 to 1 (:data:`LEARNING_RATES`), chosen by the mean loss at the training
-horizon on validation problems; then every optimizer trains the same fresh test problems for
-twice the horizon, and the loss at every step is reported (mean over the problems whose loss
-stayed finite, its 95 % interval, how many diverged), with the log10 of the mean final loss
-at the horizon and at twice it. For a problem whose data is redrawn mid-trajectory
-(``task.redraw_at``), also how many steps after the redraw each optimizer needs to get back
-to its loss just before it.
+log grid from 1e-4 to 1 (:data:`LEARNING_RATES`), chosen on validation problems by the
+log10 of the mean loss at the training horizon and at twice it, averaged (``eval.select_at:
+both``, the two points the comparison reports), or at the horizon alone (``horizon``); then
+every optimizer trains the same fresh test problems for twice the horizon, and the loss at
+every step is reported (mean over the problems whose loss stayed finite, its 95 % interval,
+how many diverged), with the log10 of the mean final loss at the horizon and at twice it.
+For a problem whose data is redrawn mid-trajectory (``task.redraw_at``), also how many steps
+after the redraw each optimizer needs to get back to its loss just before it.
 
 Validation problems are the trajectories ``(seed, 1, i)``, test problems ``(seed, 0, i)``:
 disjoint, and neither among the training ones for the default seed (``eval.seed``, else the
 run's seed + 1). With ``eval.checkpoint: best`` the learned optimizer is chosen on the same
-validation problems by the same measure, among the run's checkpoints and final weights, as
+validation problems by the same score, among the run's checkpoints and final weights, as
 a baseline's learning rate is among the grid's: meta-training that was unstable at its end
 is judged by its best point, not by where it happened to stop.
 
@@ -63,6 +64,13 @@ the learning rate)."""
 
 VALIDATION_PROBLEMS = 32
 """Problems each learning rate of the grid is measured on."""
+
+SELECTION_STEPS: dict[str, Callable[[int], tuple[int, ...]]] = {
+    "horizon": lambda horizon: (horizon,),
+    "both": lambda horizon: (horizon, 2 * horizon),
+}
+"""The validation steps a learning rate or checkpoint is scored at, by ``eval.select_at``:
+the training horizon, or it and twice it (the two points the comparison reports)."""
 
 MakeOptimizer = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
@@ -132,8 +140,9 @@ class OptimizerCurve:
     log10_final: dict[str, float]
     """``{"<horizon>": log10 mean loss at the horizon, "<2 horizon>": at twice it}``."""
     grid: dict[str, float] = field(default_factory=dict)
-    """log10 of the mean loss at the horizon on validation problems, per learning rate (for
-    the learned optimizer with ``eval.checkpoint: best``, per meta-training step)."""
+    """The validation score (``eval.select_at``: mean log10 loss at the horizon and twice it,
+    or at the horizon) per learning rate (for the learned optimizer with ``eval.checkpoint:
+    best``, per meta-training step)."""
     step: int | None = None
     """The learned optimizer's meta-training step (``None`` for the baselines)."""
     recovery_steps: int | None = None
@@ -211,16 +220,17 @@ def compare_optimizers(
         for name, make in BASELINES.items()
         for lr in LEARNING_RATES
     }
-    tuned = loss_curves(run.model, family, validation, candidates, horizon)
+    scored_at = SELECTION_STEPS[config.eval.select_at](horizon)
+    tuned = loss_curves(run.model, family, validation, candidates, scored_at[-1])
     grids: dict[str, dict[str, float]] = {name: {} for name in BASELINES}
     best: dict[str, float] = {}
     for (name, lr), curve in tuned.items():
-        grids[name][f"{lr:g}"] = _validation_score(curve)
+        grids[name][f"{lr:g}"] = _validation_score(curve, scored_at)
     for name, grid in grids.items():
         best[name] = min(LEARNING_RATES, key=lambda lr, grid=grid: grid[f"{lr:g}"])
     learned, checkpoints = run, {}
     if config.eval.checkpoint == "best":
-        learned, checkpoints = _best_checkpoint(run, family, validation, horizon)
+        learned, checkpoints = _best_checkpoint(run, family, validation, scored_at)
 
     test = [(seed, 0, i) for i in range(tasks)]
     optimizers: dict[str, MakeOptimizer] = {
@@ -242,18 +252,20 @@ def compare_optimizers(
     return OptimizerComparison(tasks, horizon, list(range(2 * horizon + 1)), summaries, redraw)
 
 
-def _validation_score(curve: torch.Tensor) -> float:
-    """log10 of the mean loss at the last step of validation curves ``[problems, steps]``;
-    infinite where any problem diverged (such a candidate is never the best)."""
-    final = curve[:, -1]
-    return _log10(float(final.mean())) if final.isfinite().all() else math.inf
+def _validation_score(curve: torch.Tensor, steps: tuple[int, ...]) -> float:
+    """The mean over ``steps`` of log10 of the mean loss there, on validation curves
+    ``[problems, steps]``; infinite where any problem diverged by the last of them (such a
+    candidate is never the best)."""
+    if not curve[:, steps[-1]].isfinite().all():
+        return math.inf
+    return sum(_log10(float(curve[:, step].mean())) for step in steps) / len(steps)
 
 
 def _best_checkpoint(
-    run: Run, family: ProblemFamily, validation: list[TaskId], horizon: int
+    run: Run, family: ProblemFamily, validation: list[TaskId], scored_at: tuple[int, ...]
 ) -> tuple[Run, dict[str, float]]:
     """The run at its checkpoint (or final step) whose learned optimizer scores best on the
-    validation problems at the horizon, and every candidate's score by step."""
+    validation problems at the steps ``scored_at``, and every candidate's score by step."""
     steps = sorted({*run.checkpoint_steps(), run.step})
     candidates = {step: run if step == run.step else run.at_checkpoint(step) for step in steps}
     curves = loss_curves(
@@ -261,9 +273,9 @@ def _best_checkpoint(
         family,
         validation,
         {str(step): _learned(candidate) for step, candidate in candidates.items()},
-        horizon,
+        scored_at[-1],
     )
-    scores = {step: _validation_score(curve) for step, curve in curves.items()}
+    scores = {step: _validation_score(curve, scored_at) for step, curve in curves.items()}
     chosen = min(candidates, key=lambda step: scores[str(step)])
     return candidates[chosen], scores
 
