@@ -486,6 +486,18 @@ def test_eval_can_score_validation_at_the_horizon_alone(trained):
     assert adam.grid[f"{adam.lr:g}"] == pytest.approx(math.log10(finals[f"{adam.lr:g}"]))
 
 
+def test_a_validation_score_is_infinite_where_a_scored_step_is_not_finite():
+    """A candidate with a problem not finite at the horizon never wins, even where the
+    problem's loss is finite again at twice it (a NaN would otherwise score minus infinity)."""
+    from distmeta.runs.optimizers import _validation_score
+
+    curve = torch.ones(3, 5, dtype=torch.float64)
+    assert _validation_score(curve, (2, 4)) == 0.0
+    curve[1, 2] = math.nan
+    assert _validation_score(curve, (2, 4)) == math.inf
+    assert _validation_score(curve, (4,)) == 0.0
+
+
 def test_config_keeps_checkpoint_choice_to_learned_optimizers():
     from distmeta.errors import ConfigError
 

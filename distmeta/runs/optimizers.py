@@ -254,9 +254,9 @@ def compare_optimizers(
 
 def _validation_score(curve: torch.Tensor, steps: tuple[int, ...]) -> float:
     """The mean over ``steps`` of log10 of the mean loss there, on validation curves
-    ``[problems, steps]``; infinite where any problem diverged by the last of them (such a
-    candidate is never the best)."""
-    if not curve[:, steps[-1]].isfinite().all():
+    ``[problems, steps]``; infinite where any problem's loss is not finite at one of them
+    (such a candidate is never the best)."""
+    if not curve[:, list(steps)].isfinite().all():
         return math.inf
     return sum(_log10(float(curve[:, step].mean())) for step in steps) / len(steps)
 
