@@ -888,16 +888,13 @@ class ExperimentConfig(_Section):
                 "algorithm.name: quadratic problems have no support and query sets: they "
                 "are for meta-training a learned optimizer (l2l)"
             )
-        if self.eval.checkpoint != "final" and algorithm.name != "l2l":
-            raise ValueError(
-                "eval.checkpoint: choosing a checkpoint on validation problems is for learned "
-                f"optimizers (algorithm.name l2l), not {algorithm.name}"
-            )
-        if self.eval.select_at != "both" and algorithm.name != "l2l":
-            raise ValueError(
-                "eval.select_at: the validation score of learning rates and checkpoints is "
-                f"for learned optimizers (algorithm.name l2l), not {algorithm.name}"
-            )
+        for key in ("checkpoint", "select_at"):  # what only a learned optimizer's eval reads
+            value, default = getattr(self.eval, key), EvalConfig.model_fields[key].default
+            if value != default and algorithm.name != "l2l":
+                raise ValueError(
+                    f"eval.{key}: {value} is read only by the evaluation of learned "
+                    f"optimizers (algorithm.name l2l), not {algorithm.name} (leave {default})"
+                )
         unrolls = algorithm.unroll.horizon // algorithm.unroll.length
         if algorithm.name == "l2l" and self.train.checkpoint_every % unrolls:
             raise ValueError(
