@@ -267,9 +267,10 @@ class UnrollConfig(_Section):
     """Optimizee steps per unroll (T): one outer step advances every trajectory by one."""
     horizon: PositiveInt = 100
     """Optimizee steps per trajectory (N), a multiple of ``length``."""
-    meta_loss: Literal["sum", "query"] = "sum"
-    """``sum`` of the optimizee losses along the unroll (the paper), or the ``query`` loss
-    after it (few-shot)."""
+    meta_loss: Literal["sum", "log", "query"] = "sum"
+    """``sum`` of the optimizee losses along the unroll (the paper), the sum of their ``log``
+    (every unroll's relative progress weighs the same, whatever the loss's level), or the
+    ``query`` loss after it (few-shot)."""
     second_order: bool = False
     """Differentiate through the gradients the learned optimizer reads (the paper does not)."""
 

@@ -152,9 +152,12 @@ def adam_directions(grads, decays):
     return [torch.stack(d, dim=1) for d in directions]
 
 
-def l2l_reference(forward, loss_fn, phi, step, theta, state, inputs, targets, unroll, second_order):
+def l2l_reference(
+    forward, loss_fn, phi, step, theta, state, inputs, targets, unroll, second_order, each=None
+):
     """Gradient with respect to the LSTM weights ``phi`` of the sum of the losses along one
-    unroll from ``theta`` (constants), each loss's gradient taken with ``create_graph=True``
+    unroll from ``theta`` (constants), or of ``each(loss)`` where given, each loss's gradient
+    taken with ``create_graph=True``
     (and cut with ``detach`` unless ``second_order``); returns the gradients and the
     ``(theta, h, c)`` reached."""
     leaf = {k: v.detach().clone().requires_grad_() for k, v in phi.items()}
@@ -165,7 +168,7 @@ def l2l_reference(forward, loss_fn, phi, step, theta, state, inputs, targets, un
     for k in range(unroll + 1):
         loss = loss_fn(forward(theta, inputs[k]), targets[k])
         if k > 0:
-            total = total + loss
+            total = total + (loss if each is None else each(loss))
         if k == unroll:
             break
         grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)

@@ -46,7 +46,7 @@ def _forward(theta, w):
     return (w @ theta["x"].unsqueeze(-1)).squeeze(-1)
 
 
-def _reference(algo, family, phi, name, start, state, first, second_order):
+def _reference(algo, family, phi, name, start, state, first, second_order, each=None):
     update = lambda leaf: lstm_optimizer_reference(  # noqa: E731
         leaf, 2, RULE["hidden"], RULE["scale"], preprocess=True
     )
@@ -62,6 +62,7 @@ def _reference(algo, family, phi, name, start, state, first, second_order):
         targets,
         algo.unroll,
         second_order,
+        each,
     )
 
 
@@ -93,6 +94,23 @@ def test_unroll_meta_gradients_equal_an_explicit_create_graph_reference(executio
             expected = {k: expected.get(k, 0) + g for k, g in grads.items()}
         _close(total.mean(torch.float64), {k: g / 2 for k, g in expected.items()})
         starts = ends
+
+
+def test_the_log_meta_loss_is_the_sum_of_the_logs_of_the_losses_along_the_unroll():
+    """meta_loss "log" differentiates the sum of log losses: the reference with each loss
+    logged, and not the plain sum's gradient (which weighs the large losses more)."""
+    family = Quadratic(problems=3, dims=2, dtype=torch.float64)
+    rule = LSTMRule(preprocess=True, seed=1, **RULE)
+    algo = L2L(QuadraticVariable(3, 2).double(), family, rule, 3, 6, meta_loss="log")
+    phi = _perturbed(algo.init_params())
+    total = algo.meta_gradient_sum(phi, TrajectoryPlan(7, 1).batch(family, 0)).mean(torch.float64)
+    zeros = torch.zeros(2, 6, RULE["hidden"], dtype=torch.float64)
+    start = family.initial_params(None, (7, 0, 0))
+    args = (algo, family, phi, (7, 0, 0), start, (zeros, zeros), 0, False)
+    logged, _ = _reference(*args, each=torch.log)
+    _close(total, logged)
+    summed, _ = _reference(*args)
+    assert max((summed[k] - total[k]).abs().max().item() for k in total) > 1e-6
 
 
 def _momentum_reference(phi, decays):

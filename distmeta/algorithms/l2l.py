@@ -31,7 +31,14 @@ from distmeta.tasks.optimizee import ProblemFamily, TrajectoryRequest, Unroll
 
 __all__ = ["L2L", "MetaLoss"]
 
-MetaLoss = Literal["sum", "query"]
+MetaLoss = Literal["sum", "log", "query"]
+
+_META_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "sum": lambda along, query: along.sum(),
+    "log": lambda along, query: along.log().sum(),
+    "query": lambda along, query: query,
+}
+"""Each meta-loss from the optimizee losses along an unroll and the query loss after it."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,10 @@ class L2L:
         outer step. In an unroll from ``theta_0`` (carried, constant) the rule moves
         ``theta_{k+1} = rule(theta_k, grad f_k(theta_k))`` for ``k < unroll``, and the
         meta-loss is the sum of the optimizee losses ``f_k(theta_k)``, ``k = 1..unroll``
-        (``meta_loss="sum"``, the paper's) or the query loss at ``theta_unroll``
-        (``"query"``, the few-shot objective). The input gradients are constants
+        (``meta_loss="sum"``, the paper's), the sum of their natural logs (``"log"``: a
+        step that halves the loss counts the same early in a trajectory, after a redraw and
+        late, where the sum is ruled by the first unroll's large losses), or the query loss
+        at ``theta_unroll`` (``"query"``, the few-shot objective). The input gradients are constants
         (``second_order=False``, the paper's choice) or differentiated too.
 
         The trajectories' state stays in this object between calls (in a Ray worker: the
@@ -92,7 +101,8 @@ class L2L:
         inner_rule: The learned rule; it must have meta-parameters.
         unroll: Optimizee steps per unroll (T, default 20).
         horizon: Optimizee steps per trajectory (N, default 100), a multiple of ``unroll``.
-        meta_loss: ``"sum"`` of the losses along the unroll, or the ``"query"`` loss after it.
+        meta_loss: ``"sum"`` of the losses along the unroll, the sum of their ``"log"``, or the
+            ``"query"`` loss after it.
         second_order: Differentiate through the gradients the rule reads.
         execution: ``"loop"`` over trajectories, ``"vmap"`` them, or ``"auto"`` (the loop:
             an unroll's nested gradients run several times slower under ``vmap`` on a CPU).
@@ -134,8 +144,8 @@ class L2L:
             raise ValueError(f"horizon ({horizon!r}) must be a multiple of unroll ({unroll})")
         if horizon < 1:
             raise ValueError(f"horizon must be positive, got {horizon}")
-        if meta_loss not in ("sum", "query"):
-            raise ValueError(f"meta_loss must be 'sum' or 'query', got {meta_loss!r}")
+        if meta_loss not in _META_LOSSES:
+            raise ValueError(f"meta_loss must be one of {sorted(_META_LOSSES)}, got {meta_loss!r}")
         self.model, self.problems, self.inner_rule = model, problems, inner_rule
         self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = problems.loss_fn()
         self.unroll, self.horizon = unroll, horizon
@@ -191,7 +201,7 @@ class L2L:
         losses.append(self._loss(fast, inputs[self.unroll], targets[self.unroll]))
         along = torch.stack(losses)
         query = self._loss(fast, qx, qy)
-        objective = along.sum() if self.meta_loss == "sum" else query
+        objective = _META_LOSSES[self.meta_loss](along, query)
         stats = torch.stack([along.mean(), query]).detach()
         return objective, (stats, fast, state)
 
