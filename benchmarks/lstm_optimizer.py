@@ -5,7 +5,8 @@ that already holds ``final.pt`` is reused), then runs ``distmeta eval --json`` o
 baseline tuned on the run's validation problems, every optimizer on fresh test problems for
 twice the horizon. Prints, per optimizer, the mean over seeds of log10 of the mean loss at the
 horizon and at twice it with a 95 % t-interval, the chosen learning rates, divergences, and
-(with a redraw) the steps each needs to get back to its loss before the redraw.
+(with a redraw) the steps each needs to get back to its own loss before the redraw and to
+tuned Adam's (one level for all: a lower loss before the redraw is further to get back to).
 
     python benchmarks/lstm_optimizer.py configs/lstm_quadratic.yaml --seeds 1 2 3
     python benchmarks/lstm_optimizer.py configs/lstm_quadratic.yaml --seeds 1 2 3 \
@@ -43,6 +44,12 @@ def interval(values: list[float]) -> tuple[float, float]:
 def slug(override: str) -> str:
     """A file-name part for one ``key=value`` evaluation override."""
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", override).strip("_")
+
+
+def steps_to(loss: list[float], redraw: int, level: float) -> int | None:
+    """Optimizee steps after the redraw until the mean loss is at most ``level``."""
+    back = [k for k in range(redraw, len(loss)) if loss[k] <= level]
+    return back[0] - redraw if back else None
 
 
 def distmeta(*args: str) -> str:
@@ -89,7 +96,11 @@ def main() -> None:
     )
     print(
         f"{'optimizer':<10} {'@' + horizon:>16} {'@' + twice:>16}  learning rates  diverged@{twice}"
-        + ("  steps back after the redraw" if results[0].get("redraw_at") else "")
+        + (
+            "  steps back after the redraw: to its own loss before it; to Adam's"
+            if results[0].get("redraw_at")
+            else ""
+        )
     )
     per_seed = []
     for name in results[0]["curves"]:
@@ -106,7 +117,12 @@ def main() -> None:
         diverged = ",".join(str(c["diverged"][-1]) for c in curves)
         line = f"{name:<10} {cells[0]:>16} {cells[1]:>16}  {rates:<14}  {diverged}"
         if results[0].get("redraw_at"):
+            adams = [
+                steps_to(c["loss"], r["redraw_at"], r["curves"]["adam"]["loss"][r["redraw_at"] - 1])
+                for c, r in zip(curves, results, strict=True)
+            ]
             line += "  " + ",".join(str(c["recovery_steps"]) for c in curves)
+            line += "; " + ",".join(str(a) for a in adams)
         print(line)
     print("per seed, in the order of --seeds:\n  " + "\n  ".join(per_seed))
     for key in (horizon, twice):
