@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from distmeta.runs.optimizers import steps_to
+
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 """Two-sided 95 % Student t quantiles by degrees of freedom."""
 
@@ -44,12 +46,6 @@ def interval(values: list[float]) -> tuple[float, float]:
 def slug(override: str) -> str:
     """A file-name part for one ``key=value`` evaluation override."""
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", override).strip("_")
-
-
-def steps_to(loss: list[float], redraw: int, level: float) -> int | None:
-    """Optimizee steps after the redraw until the mean loss is at most ``level``."""
-    back = [k for k in range(redraw, len(loss)) if loss[k] <= level]
-    return back[0] - redraw if back else None
 
 
 def distmeta(*args: str) -> str:

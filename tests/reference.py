@@ -157,9 +157,8 @@ def l2l_reference(
 ):
     """Gradient with respect to the LSTM weights ``phi`` of the sum of the losses along one
     unroll from ``theta`` (constants), or of ``each(loss)`` where given, each loss's gradient
-    taken with ``create_graph=True``
-    (and cut with ``detach`` unless ``second_order``); returns the gradients and the
-    ``(theta, h, c)`` reached."""
+    taken with ``create_graph=True`` (and cut with ``detach`` unless ``second_order``);
+    returns the gradients and the ``(theta, h, c)`` reached."""
     leaf = {k: v.detach().clone().requires_grad_() for k, v in phi.items()}
     update = step(leaf)
     h, c = state

@@ -79,8 +79,8 @@ class L2L:
         (``meta_loss="sum"``, the paper's), the sum of their natural logs (``"log"``: a
         step that halves the loss counts the same early in a trajectory, after a redraw and
         late, where the sum is ruled by the first unroll's large losses), or the query loss
-        at ``theta_unroll`` (``"query"``, the few-shot objective). The input gradients are constants
-        (``second_order=False``, the paper's choice) or differentiated too.
+        at ``theta_unroll`` (``"query"``, the few-shot objective). The input gradients are
+        constants (``second_order=False``, the paper's choice) or differentiated too.
 
         The trajectories' state stays in this object between calls (in a Ray worker: the
         worker's slots), keyed by slot. A request for step ``t`` continues the slot's

@@ -162,10 +162,15 @@ class OptimizerCurve:
             log10_final={key: _log10(_mean_finite(curve[:, step])) for key, step in ends.items()},
         )
         if redraw is not None and 0 < redraw < len(means):
-            before = means[redraw - 1]
-            back = [k for k in range(redraw, len(means)) if means[k] <= before]
-            result.recovery_steps = back[0] - redraw if back else None
+            result.recovery_steps = steps_to(means, redraw, means[redraw - 1])
         return result
+
+
+def steps_to(loss: list[float], redraw: int, level: float) -> int | None:
+    """Steps after ``redraw`` until the mean ``loss`` is at most ``level`` (``None``: never
+    within the curve)."""
+    back = [k for k in range(redraw, len(loss)) if loss[k] <= level]
+    return back[0] - redraw if back else None
 
 
 @dataclass
