@@ -325,6 +325,7 @@ def _lstm(config: ExperimentConfig) -> LSTMRule:
             spec.direct,
             spec.start,
             spec.start_lr,
+            spec.rate,
         )
     except ValueError as error:
         raise ConfigError(f"algorithm.lstm: {error}") from None
