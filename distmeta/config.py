@@ -258,10 +258,10 @@ class LSTMRuleConfig(_Section):
     learns what to add. Needs ``direct: true``."""
     start_lr: PositiveFloat = 0.01
     """The rate of the ``start`` optimizer (say, the best tuned rate on training problems)."""
-    rate: PositiveFloat | None = None
-    """``null``, or the initial value of a learned learning rate per coordinate and step: the
-    update also adds ``-exp(w . h + b) * grad``, ``h`` the LSTM's top hidden state (the input
-    gate of Ravi & Larochelle's meta-learner), starting as SGD at this rate."""
+    zero_out_bias: bool = False
+    """Start the output layer's bias at zero (the DeepMind reference's Sonnet ``Linear``), not
+    drawn as ``torch.nn.Linear`` draws it: a bias moves every coordinate by the same amount at
+    every step, whatever its gradient."""
 
 
 class UnrollConfig(_Section):

@@ -325,7 +325,7 @@ def _lstm(config: ExperimentConfig) -> LSTMRule:
             spec.direct,
             spec.start,
             spec.start_lr,
-            spec.rate,
+            spec.zero_out_bias,
         )
     except ValueError as error:
         raise ConfigError(f"algorithm.lstm: {error}") from None

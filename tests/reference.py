@@ -114,8 +114,7 @@ def lstm_optimizer_reference(phi, layers, hidden, scale, preprocess, p=10.0, ext
     """One step of a coordinate-wise LSTM optimizer built on ``torch.nn.LSTM`` (an
     implementation independent of distmeta's): ``step(flat_grad, h, c) -> (update, h, c)``;
     with ``extra`` inputs, ``step(flat_grad, h, c, features)`` appends ``[coordinates,
-    extra]`` features to the gradient's. With ``lstm.rate.*`` in ``phi``, the update also
-    subtracts ``exp(rate.weight . h_top + rate.bias) * grad``."""
+    extra]`` features to the gradient's."""
     inputs = (2 if preprocess else 1) + extra
     lstm = torch.nn.LSTM(inputs, hidden, num_layers=layers).to(phi["lstm.out.weight"].dtype)
     weights = {}
@@ -133,11 +132,7 @@ def lstm_optimizer_reference(phi, layers, hidden, scale, preprocess, p=10.0, ext
         update = out[0] @ phi["lstm.out.weight"].T + phi["lstm.out.bias"]
         if "lstm.direct.weight" in phi:  # a linear path from the inputs around the LSTM
             update = update + x @ phi["lstm.direct.weight"].T
-        update = scale * update.squeeze(1)
-        if "lstm.rate.weight" in phi:  # a rate per coordinate, set by the top hidden state
-            rate = torch.exp(out[0] @ phi["lstm.rate.weight"].T + phi["lstm.rate.bias"])
-            update = update - rate.squeeze(1) * grad
-        return update, h, c
+        return scale * update.squeeze(1), h, c
 
     return step
 

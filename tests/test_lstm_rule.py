@@ -102,31 +102,15 @@ def test_momentum_features_are_adam_s_directions_fed_to_the_lstm(direct):
     assert float(state["t"]) == 3
 
 
-def test_a_learned_rate_scales_each_coordinate_s_gradient_by_what_its_lstm_state_says():
-    """With ``rate``, the update also subtracts ``exp(w . h + b) * g`` (Ravi & Larochelle's
-    input gate), ``h`` the coordinate's top hidden state; untrained, that is SGD at ``rate``."""
-    rule = LSTMRule(hidden=4, layers=2, scale=0.2, seed=2, rate=0.03)
-    template = {"w": torch.zeros(3, 2, dtype=torch.float64)}
-    phi = rule.meta_params(template)
-    assert not phi["lstm.rate.weight"].any()
-    assert phi["lstm.rate.bias"].tolist() == pytest.approx([math.log(0.03)])
-    generator = torch.Generator().manual_seed(5)
-    grads = [torch.randn(6, generator=generator, dtype=torch.float64) * 10**k for k in (-3, 0, 2)]
-    without = LSTMRule(hidden=4, layers=2, scale=0.2, seed=2)
-    untrained, _ = rule.update(phi, grads[0], rule.zero_state(6, grads[0]))
-    lstm_alone, _ = without.update(
-        without.meta_params(template), grads[0], rule.zero_state(6, grads[0])
-    )
-    torch.testing.assert_close(untrained, lstm_alone - 0.03 * grads[0])
-    phi["lstm.rate.weight"] = torch.tensor([[0.5, -1.0, 2.0, -0.3]], dtype=torch.float64)
-    step = lstm_optimizer_reference(phi, 2, 4, 0.2, preprocess=True)
-    h = c = torch.zeros(2, 6, 4, dtype=torch.float64)
-    state = rule.zero_state(6, grads[0])
-    for grad in grads:
-        update, state = rule.update(phi, grad, state)
-        expected, h, c = step(grad, h, c)
-        torch.testing.assert_close(update, expected)
-        torch.testing.assert_close(state["h"], h)
+def test_the_output_bias_can_start_at_zero_as_in_the_deepmind_reference():
+    """A drawn output bias moves every coordinate by the same amount at every step, whatever
+    its gradient; ``zero_out_bias`` starts it at zero and leaves every other weight as drawn."""
+    template = {"w": torch.zeros(3, dtype=torch.float64)}
+    drawn = LSTMRule(hidden=4, seed=3).meta_params(template)
+    zeroed = LSTMRule(hidden=4, seed=3, zero_out_bias=True).meta_params(template)
+    assert drawn["lstm.out.bias"].item() != 0
+    assert zeroed["lstm.out.bias"].tolist() == [0.0]
+    assert all(torch.equal(drawn[k], zeroed[k]) for k in drawn if k != "lstm.out.bias")
 
 
 def test_momentum_features_keep_meta_gradients_finite_where_a_gradient_is_zero():
@@ -153,7 +137,6 @@ def test_rule_refuses_bad_settings():
         ({"start": "sgd", "direct": True}, "needs preprocess false"),
         ({"start": "adam", "direct": True, "momenta": (0.5,)}, "momenta must include it"),
         ({"start": "sgd", "direct": True, "preprocess": False, "start_lr": 0}, "start_lr"),
-        ({"rate": 0.0}, "rate must be positive"),
     ]:
         with pytest.raises(ValueError, match=message):
             LSTMRule(**bad)
@@ -257,8 +240,8 @@ SGD_START = {"scale": 0.05, "preprocess": False, "direct": True, "start": "sgd",
 
 @pytest.mark.parametrize(
     ("algorithm", "rule"),
-    [("l2l", {}), ("maml", {}), ("reptile", {}), ("maml", SGD_START), ("maml", {"rate": 0.05})],
-    ids=["l2l", "maml", "reptile", "maml-started-as-sgd", "maml-with-a-learned-rate"],
+    [("l2l", {}), ("maml", {}), ("reptile", {}), ("maml", SGD_START)],
+    ids=["l2l", "maml", "reptile", "maml-started-as-sgd"],
 )
 def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm, rule):
     """The failure of a popular port (LSTM weights never registered, never trained) cannot
@@ -276,8 +259,7 @@ def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm, r
         run = dm.load_run(tmp_path / "run")
     initial = run.algorithm.init_params()
     lstm = [n for n in initial if n.startswith("lstm.")]
-    spec = run.config.algorithm.lstm
-    assert len(lstm) == 8 + spec.direct + 2 * (spec.rate is not None)
+    assert len(lstm) == 8 + run.config.algorithm.lstm.direct
     for name in lstm:
         assert bool((run.params[name] != initial[name]).all()), name
 

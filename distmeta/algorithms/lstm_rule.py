@@ -163,12 +163,9 @@ class LSTMRule:
             meta-training begins from a tuned hand-made optimizer and learns what to add.
             Needs ``direct``.
         start_lr: The rate of the ``start`` optimizer.
-        rate: ``None``, or the initial rate of a learned per-coordinate learning rate on the
-            raw gradient: the update also adds ``-exp(w_rate . h + b_rate) * g``, ``h`` the
-            top layer's hidden state of the coordinate (the input gate of Ravi & Larochelle's
-            meta-learner, which scales the gradient by a rate the LSTM sets per coordinate and
-            step, on the log scale of ``learned_optimization``'s step sizes). ``w_rate`` starts
-            at zero and ``exp(b_rate)`` at ``rate``: the untrained gate is SGD at ``rate``.
+        zero_out_bias: The output layer's bias starts at zero, as in the DeepMind reference
+            (Sonnet's ``Linear``), not drawn as ``torch.nn.Linear`` draws it: a bias moves every
+            coordinate by the same amount at every step, whatever its gradient.
 
     References:
         Andrychowicz et al. Learning to learn by gradient descent by gradient descent.
@@ -195,7 +192,7 @@ class LSTMRule:
         direct: bool = False,
         start: str | None = None,
         start_lr: float = 0.01,
-        rate: float | None = None,
+        zero_out_bias: bool = False,
     ):
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
@@ -205,15 +202,13 @@ class LSTMRule:
             raise ValueError(f"the preprocessing exponent p must be positive, got {p}")
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}")
-        if rate is not None and not rate > 0:
-            raise ValueError(f"rate must be positive, got {rate}")
         if not all(0 < decay < 1 for decay in momenta):
             raise ValueError(f"momenta are decays in (0, 1), got {list(momenta)}")
         self.momenta = tuple(float(decay) for decay in momenta)
         self.direct = bool(direct)
         self.start_feature = self._start_feature(start, preprocess, start_lr)
         self.start_lr = float(start_lr)
-        self.rate = None if rate is None else float(rate)
+        self.zero_out_bias = bool(zero_out_bias)
         self.hidden, self.layers = hidden, layers
         self.preprocess, self.p = bool(preprocess), float(p)
         self.scale, self.seed = float(scale), int(seed)
@@ -253,11 +248,10 @@ class LSTMRule:
             fan_in = self.hidden
         weights[self.prefix + "out.weight"] = uniform(1, self.hidden)
         weights[self.prefix + "out.bias"] = uniform(1)
+        if self.zero_out_bias:
+            weights[self.prefix + "out.bias"].zero_()
         if self.direct:
             weights[self.prefix + "direct.weight"] = reference.new_zeros(1, self.inputs)
-        if self.rate is not None:
-            weights[self.prefix + "rate.weight"] = reference.new_zeros(1, self.hidden)
-            weights[self.prefix + "rate.bias"] = reference.new_full((1,), math.log(self.rate))
         if self.start_feature is not None:
             # The LSTM adds nothing until meta-training moves its output layer (whose gradient
             # is not zero: it reads the hidden state), and the direct path is the optimizer.
@@ -290,9 +284,6 @@ class LSTMRule:
             momenta, moments = normalised_momenta(grad, decays.unsqueeze(-1), state)
             features = torch.cat([features, momenta], dim=-1)
         update, recurrent = lstm_update(meta, features, state, self.layers, self.scale)
-        if self.rate is not None:
-            log_rate = recurrent["h"][-1] @ meta[self.prefix + "rate.weight"].T
-            update = update - (log_rate + meta[self.prefix + "rate.bias"]).exp().squeeze(-1) * grad
         return update, {**recurrent, **moments}
 
     def init(self, meta: Params, fast: Params) -> LSTMState:
