@@ -5,8 +5,10 @@ that already holds ``final.pt`` is reused), then runs ``distmeta eval --json`` o
 baseline tuned on the run's validation problems, every optimizer on fresh test problems for
 twice the horizon. Prints, per optimizer, the mean over seeds of log10 of the mean loss at the
 horizon and at twice it with a 95 % t-interval, the chosen learning rates, divergences, and
-(with a redraw) the steps each needs to get back to its own loss before the redraw and to
-tuned Adam's (one level for all: a lower loss before the redraw is further to get back to).
+(with a redraw) the steps each needs to get back to its own loss before the redraw, the
+steps it took to reach that loss from step 0 (how much faster than starting afresh it gets
+back), and the steps back to tuned Adam's loss before the redraw (one level for all: a lower
+loss before the redraw is further to get back to).
 
     python benchmarks/lstm_optimizer.py configs/lstm_quadratic.yaml --seeds 1 2 3
     python benchmarks/lstm_optimizer.py configs/lstm_quadratic.yaml --seeds 1 2 3 \
@@ -93,7 +95,8 @@ def main() -> None:
     print(
         f"{'optimizer':<10} {'@' + horizon:>16} {'@' + twice:>16}  learning rates  diverged@{twice}"
         + (
-            "  steps back after the redraw: to its own loss before it; to Adam's"
+            "  to its own loss before the redraw: steps back after it, steps from step 0;"
+            " steps back to Adam's"
             if results[0].get("redraw_at")
             else ""
         )
@@ -117,7 +120,12 @@ def main() -> None:
                 steps_to(c["loss"], r["redraw_at"], r["curves"]["adam"]["loss"][r["redraw_at"] - 1])
                 for c, r in zip(curves, results, strict=True)
             ]
+            afresh = [
+                steps_to(c["loss"], 0, c["loss"][r["redraw_at"] - 1])
+                for c, r in zip(curves, results, strict=True)
+            ]
             line += "  " + ",".join(str(c["recovery_steps"]) for c in curves)
+            line += ", from 0: " + ",".join(str(a) for a in afresh)
             line += "; " + ",".join(str(a) for a in adams)
         print(line)
     print("per seed, in the order of --seeds:\n  " + "\n  ".join(per_seed))
