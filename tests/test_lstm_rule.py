@@ -111,6 +111,10 @@ def test_the_output_bias_can_start_at_zero_as_in_the_deepmind_reference():
     assert drawn["lstm.out.bias"].item() != 0
     assert zeroed["lstm.out.bias"].tolist() == [0.0]
     assert all(torch.equal(drawn[k], zeroed[k]) for k in drawn if k != "lstm.out.bias")
+    from distmeta.experiment import build_experiment
+
+    config = _lstm_config(algorithm={"name": "maml", "lstm": {"hidden": 4, "zero_out_bias": True}})
+    assert build_experiment(config).algorithm.init_params()["lstm.out.bias"].tolist() == [0.0]
 
 
 def test_momentum_features_keep_meta_gradients_finite_where_a_gradient_is_zero():
