@@ -166,11 +166,11 @@ class OptimizerCurve:
         return result
 
 
-def steps_to(loss: list[float], redraw: int, level: float) -> int | None:
-    """Steps after ``redraw`` until the mean ``loss`` is at most ``level`` (``None``: never
-    within the curve)."""
-    back = [k for k in range(redraw, len(loss)) if loss[k] <= level]
-    return back[0] - redraw if back else None
+def steps_to(loss: list[float], start: int, level: float) -> int | None:
+    """Steps from step ``start`` (a redraw, or 0) until the mean ``loss`` is at most ``level``
+    (``None``: never within the curve)."""
+    reached = [k for k in range(start, len(loss)) if loss[k] <= level]
+    return reached[0] - start if reached else None
 
 
 @dataclass
