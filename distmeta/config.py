@@ -661,6 +661,11 @@ class _StreamSection(_Section):
     adapt_steps: PositiveInt | None = None
     """Inner steps of each online adaptation; ``None`` keeps the pretrained run's
     ``algorithm.inner_steps``."""
+    frozen_steps: PositiveInt | None = None
+    """Inner steps of ``frozen_meta``'s adaptations when they should differ from
+    ``adapt_steps`` (``None``: as ``adapt_steps``): the baseline can keep the inner loop its
+    start was meta-trained for while the method takes more steps, which C-MAML can afford
+    because it rejects steps that overshoot and ``frozen_meta`` does not."""
     buffer_tasks: PositiveInt = 50
     """FTML: tasks kept in its buffer (the oldest is dropped when a new one begins)."""
     buffer_batches: PositiveInt = 8

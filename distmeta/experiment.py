@@ -548,7 +548,9 @@ algorithm, its random draws and whether it is told the switches: the oracle)."""
 BASELINES: dict[str, Callable[[StreamConfig, MetaAlgorithm, OnlineStart], OnlineLearner]] = {
     "no_adaptation": lambda spec, algorithm, start: NoAdaptation(algorithm, start.joint_params),
     "frozen_meta": lambda spec, algorithm, start: FrozenMeta(
-        algorithm, start.meta_params, spec.adapt_steps
+        algorithm,
+        start.meta_params,
+        spec.adapt_steps if spec.frozen_steps is None else spec.frozen_steps,
     ),
     "finetune": lambda spec, algorithm, start: OnlineTraining(
         algorithm, start.joint_params, spec.finetune_lr, spec.finetune_steps

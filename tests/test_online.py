@@ -23,7 +23,13 @@ from distmeta.algorithms.online import (
 )
 from distmeta.config import parse_config
 from distmeta.engine.fleet import run_chunk
-from distmeta.experiment import build_algorithm
+from distmeta.experiment import (
+    OnlineStart,
+    build_algorithm,
+    build_learners,
+    build_online_algorithm,
+    build_stream,
+)
 from distmeta.tasks import SinusoidStream, StreamBatch, SwitchingProcess, TaskBatch
 
 LR = 0.3
@@ -381,6 +387,23 @@ def test_baselines_do_what_their_names_say():
     torch.testing.assert_close(frozen.predict(None, second.x), algorithm.forward(adapted, second.x))
     assert float(F.mse_loss(trained.predict(None, first.x), first.y)) < before
     assert torch.equal(start["net.0.weight"], torch.full((1, 1), 0.5))  # never written to
+
+
+@pytest.mark.parametrize(("frozen_steps", "expected"), [(None, 4), (1, 1)])
+def test_frozen_meta_takes_adapt_steps_unless_given_its_own(frozen_steps, expected):
+    config = parse_config(
+        {
+            "task": {"name": "sinusoid", "shots": 10},
+            "model": {"name": "mlp", "hidden": [8]},
+            "stream": {"name": "sinusoid", "adapt_steps": 4, "frozen_steps": frozen_steps},
+        }
+    )
+    stream = build_stream(config, 0)
+    algorithm = build_online_algorithm(config, stream)
+    params = algorithm.init_params()
+    learners = build_learners(config, OnlineStart(config, params, params), stream, 0)
+    assert learners["frozen_meta"].steps == expected
+    assert learners["method"].steps == learners["oracle"].steps == 4
 
 
 @pytest.mark.parametrize("kind", ["cmaml", "ftml", "finetune", "frozen_meta"])
