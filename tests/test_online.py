@@ -402,7 +402,12 @@ def test_frozen_meta_takes_adapt_steps_unless_given_its_own(frozen_steps, expect
     algorithm = build_online_algorithm(config, stream)
     params = algorithm.init_params()
     learners = build_learners(config, OnlineStart(config, params, params), stream, 0)
-    assert learners["frozen_meta"].steps == expected
+    first, second = stream.batch(0), stream.batch(1)
+    learners["frozen_meta"].observe(None, first.x, first.y)
+    adapted = algorithm.adapt(params, first.x, first.y, expected)
+    torch.testing.assert_close(
+        learners["frozen_meta"].predict(None, second.x), algorithm.forward(adapted, second.x)
+    )
     assert learners["method"].steps == learners["oracle"].steps == 4
 
 
