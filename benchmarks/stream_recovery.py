@@ -26,7 +26,6 @@ the tasks' difficulties.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
@@ -36,39 +35,11 @@ import torch
 from distmeta.config import load_config
 from distmeta.engine.fleet import StreamRecord
 from distmeta.experiment import build_stream
-from distmeta.runs.online import RECORDS_FILE
+from distmeta.runs import read_records
 from distmeta.runs.stream_metrics import interval, recoveries
 from distmeta.tasks.sinusoid_stream import SinusoidStream
 
 IDEAL = "ideal"
-
-
-def load_records(run_dir: Path) -> dict[int, list[StreamRecord]]:
-    """Every stream's record of a finished stream run, by seed."""
-    arrays = np.load(io.BytesIO((run_dir / RECORDS_FILE).read_bytes()))
-    keys: dict[tuple[int, int], dict[str, dict[str, np.ndarray]]] = {}
-    for key in arrays.files:
-        seed, stream, *rest = key.split("/")
-        entry = keys.setdefault((int(seed[4:]), int(stream[6:])), {"truth": {}})
-        if len(rest) == 1:
-            entry["truth"][rest[0]] = arrays[key]
-        else:
-            entry.setdefault(rest[0], {})[rest[1]] = arrays[key]
-    records: dict[int, list[StreamRecord]] = {}
-    for (seed, index), entry in sorted(keys.items()):
-        truth = entry["truth"]
-        record = StreamRecord(
-            seed,
-            index,
-            0,
-            truth["mode"],
-            truth["switch"],
-            truth["task"],
-            entry["loss"],
-            detected=entry.get("detected", {}),
-        )
-        records.setdefault(seed, []).append(record)
-    return records
 
 
 def ideal_loss(stream: SinusoidStream) -> np.ndarray:
@@ -110,7 +81,7 @@ def main() -> None:
         config = load_config(run_dir / "config.yaml")
         if config.stream is None or config.stream.name != "sinusoid":
             raise SystemExit(f"{run_dir}: not a sinusoid stream run")
-        records = load_records(run_dir)
+        records = read_records(run_dir)
         for seed, seed_records in records.items():
             for record in seed_records:
                 record.loss[IDEAL] = ideal_loss(build_stream(config, seed, record.index))

@@ -17,7 +17,7 @@ from distmeta.cli import main
 from distmeta.config import parse_config
 from distmeta.engine.fleet import LocalFleet, StreamRecord
 from distmeta.errors import ConfigError, RunError
-from distmeta.runs import load_start, run_streams
+from distmeta.runs import load_start, read_records, run_streams
 from distmeta.runs.stream_metrics import (
     detection_scores,
     interval,
@@ -71,6 +71,18 @@ def test_the_run_folder_keeps_report_records_and_the_learned_meta_parameters(rep
     loss = records["seed1/stream0/loss/method"]
     assert np.array_equal(loss, report.results[1].records[0].loss["method"])
     assert np.array_equal(records["seed0/stream0/switch"], report.results[0].records[0].switch)
+    # read_records gives back every field of every record, by seed.
+    read = read_records(folder)
+    assert sorted(read) == report.seeds
+    for seed, result in zip(report.seeds, report.results, strict=True):
+        (back,), (kept,) = read[seed], result.records
+        assert (back.seed, back.index, back.start) == (kept.seed, kept.index, kept.start)
+        for field in ("mode", "switch", "task"):
+            assert np.array_equal(getattr(back, field), getattr(kept, field))
+        for kind in ("loss", "accuracy", "detected"):
+            ours, theirs = getattr(back, kind), getattr(kept, kind)
+            assert set(ours) == set(theirs)
+            assert all(np.array_equal(ours[name], theirs[name]) for name in theirs)
     # final.pt: the method's meta-parameters after the first seed, loadable as a run, which
     # another stream can start from.
     run = dm.load_run(folder)
@@ -198,6 +210,8 @@ def test_bad_arguments_are_refused(stream_runs, report):
         run_streams(stream_config(stream_runs), seeds=0)
     with pytest.raises(RunError, match="already holds a stream report"):
         run_streams(stream_config(stream_runs, steps=5), run_dir=str(report[1]))
+    with pytest.raises(RunError, match="records.npz not found"):
+        read_records(stream_runs[0])  # a training run, not a stream run
 
 
 # --- distmeta stream ------------------------------------------------------------------------

@@ -5,13 +5,20 @@ Every engine runs under the same loop (:func:`train`); a finished run is loaded 
 :func:`load_run` and measured on fresh tasks with :func:`evaluate` (a learned optimizer: on
 fresh problems beside tuned SGD, Adam and RMSprop, :func:`compare_optimizers`;
 :func:`evaluate_run` picks the evaluation of a run's kind), or on streams of changing tasks,
-predicting each batch before its labels, with :func:`run_streams`.
+predicting each batch before its labels, with :func:`run_streams` (its records read back
+with :func:`read_records`).
 """
 
 from distmeta.runs.evaluate import EvalResult, adaptation_curves, evaluate
 from distmeta.runs.evaluations import CURVES, EVALUATIONS, curve_of_run, evaluate_run
 from distmeta.runs.finished import Run, fit_params, load_run
-from distmeta.runs.online import StreamReport, default_stream_dir, load_start, run_streams
+from distmeta.runs.online import (
+    StreamReport,
+    default_stream_dir,
+    load_start,
+    read_records,
+    run_streams,
+)
 from distmeta.runs.optimizers import (
     OptimizerComparison,
     OptimizerCurve,
@@ -41,6 +48,7 @@ __all__ = [
     "learned_optimizer_curve",
     "load_run",
     "load_start",
+    "read_records",
     "run_streams",
     "train",
 ]

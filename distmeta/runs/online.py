@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from distmeta.config import ExperimentConfig, config_to_dict
-from distmeta.engine.fleet import FleetResult, build_fleet
+from distmeta.engine.fleet import FleetResult, StreamRecord, build_fleet
 from distmeta.engine.rundir import RunDir
 from distmeta.errors import ConfigError, RunError
 from distmeta.experiment import (
@@ -39,6 +39,7 @@ __all__ = [
     "StreamReport",
     "default_stream_dir",
     "load_start",
+    "read_records",
     "run_streams",
 ]
 
@@ -160,6 +161,38 @@ def _write(folder: RunDir, report: StreamReport, start: OnlineStart) -> None:
     # The method's meta-parameters after the first seed's streams: a run folder that
     # stream.pretrained (or distmeta eval) can load.
     folder.save_final(report.results[0].meta_params["method"], config["stream"]["steps"])
+
+
+def read_records(run_dir: str | Path) -> dict[int, list[StreamRecord]]:
+    """Every stream's record of a finished ``distmeta stream`` run, by seed (each seed's
+    streams in index order): what :func:`run_streams` wrote to ``records.npz``."""
+    folder = RunDir(run_dir)
+    if not folder.exists(RECORDS_FILE):
+        raise RunError(f"{folder.describe(RECORDS_FILE)} not found: not a finished stream run")
+    arrays = np.load(io.BytesIO(folder.read_bytes(RECORDS_FILE)))
+    streams: dict[tuple[int, int], dict[str, dict[str, np.ndarray]]] = {}
+    for key in arrays.files:
+        seed, stream, *rest = key.split("/")
+        place = (int(seed.removeprefix("seed")), int(stream.removeprefix("stream")))
+        entry = streams.setdefault(place, {})
+        kind, name = rest if len(rest) == 2 else ("truth", rest[0])
+        entry.setdefault(kind, {})[name] = arrays[key]
+    records: dict[int, list[StreamRecord]] = {}
+    for (seed, index), entry in sorted(streams.items()):
+        truth = entry["truth"]
+        record = StreamRecord(
+            seed,
+            index,
+            0,
+            truth["mode"],
+            truth["switch"],
+            truth["task"],
+            entry["loss"],
+            entry.get("accuracy", {}),
+            entry.get("detected", {}),
+        )
+        records.setdefault(seed, []).append(record)
+    return records
 
 
 def run_streams(
