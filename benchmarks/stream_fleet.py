@@ -11,7 +11,8 @@ and whether the meta-parameters the fleet learns beat those any single stream le
    repeats.
 2. Quality: the C-MAML meta-parameters learned by the 2-worker fleet, and those learned by
    each of ``--streams`` single streams of the same length (seeds 1, 2, ...; one stream each),
-   start 4 held-out streams (seed 1000, ``--held-out`` steps). Reported per start: the mean
+   start 4 held-out streams (``--held-out`` steps) of each seed of ``--held-out-seeds``
+   (default 1000). Reported per held-out seed and start: the mean
    online MSE of ``frozen_meta`` (those meta-parameters adapted on each previous batch, never
    updated: the meta-parameters alone) and of C-MAML (which goes on meta-learning).
    ``--no-quality`` skips it: the timing alone, as on the lent machine's idle cores
@@ -33,12 +34,12 @@ from distmeta.engine.ray_engine.fleet import RayFleet
 from distmeta.runs import load_start
 
 
-def held_out_mse(config, start, meta, steps: int) -> dict[str, float]:
+def held_out_mse(config, start, meta, steps: int, seed: int) -> dict[str, float]:
     """Mean online MSE of ``frozen_meta`` and the method on 4 held-out streams from ``meta``."""
     held = config.model_copy(
         update={"stream": config.stream.model_copy(update={"streams": 4, "steps": steps})}
     )
-    result = LocalFleet(held, dataclasses.replace(start, meta_params=meta)).run(seed=1000)
+    result = LocalFleet(held, dataclasses.replace(start, meta_params=meta)).run(seed=seed)
     return {
         name: float(np.mean([record.loss[name] for record in result.records]))
         for name in ("frozen_meta", "method")
@@ -51,6 +52,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps of each learning stream")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--held-out", type=int, default=50, help="steps of each held-out stream")
+    parser.add_argument(
+        "--held-out-seeds", type=int, nargs="+", default=[1000], help="held-out streams' seeds"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each fleet size, in turn")
     parser.add_argument(
         "--warmup",
@@ -110,12 +114,17 @@ def main() -> None:
     if not args.quality:
         print(json.dumps(out))
         return
-    out["held_out"] = {"fleet": held_out_mse(base, start, fleet_meta, args.held_out)}
-    out["held_out"]["pretrained"] = held_out_mse(base, start, start.meta_params, args.held_out)
+    starts = {"fleet": fleet_meta, "pretrained": start.meta_params}
     for seed in range(1, args.streams + 1):
-        single = LocalFleet(base, start).run(seed=seed).meta_params["method"]
-        out["held_out"][f"single_seed{seed}"] = held_out_mse(base, start, single, args.held_out)
-        print(json.dumps({seed: out["held_out"][f"single_seed{seed}"]}), flush=True)
+        starts[f"single_seed{seed}"] = LocalFleet(base, start).run(seed=seed).meta_params["method"]
+    out["held_out"] = {}
+    for held_seed in args.held_out_seeds:
+        scores = {
+            name: held_out_mse(base, start, meta, args.held_out, held_seed)
+            for name, meta in starts.items()
+        }
+        out["held_out"][held_seed] = scores
+        print(json.dumps({"held_out_seed": held_seed, **scores}), flush=True)
     print(json.dumps(out))
 
 
