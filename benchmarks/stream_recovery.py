@@ -14,7 +14,8 @@ as means over the run's seeds:
   before them, and ``from_never``: the part of ``recovery_steps`` that those switches add
   alone (their task lengths over all switches);
 - ``steps_if_recovered``: the mean count over the switches that did recover;
-- ``modes``: the mean loss per mode (0 in distribution, 1 and 2 out of it).
+- ``mode0``, ``mode1``, ``mode2``: the mean loss in each mode (0 in distribution, 1 and 2
+  out of it).
 
 The ideal learner predicts each step with the true function of the task one step earlier (no
 noise): it knows a task exactly once it has seen one batch of it, and only a switch step
