@@ -1,5 +1,6 @@
-"""What the recovery count of a sinusoid stream measures (issue 18's target: C-MAML back to its
-level in at most a fifth of the steps ``finetune`` needs).
+"""What the recovery count of a stream measures (issue 18's targets: on the sinusoid, C-MAML
+back to its level in at most a fifth of the steps ``finetune`` needs; on the pendulum, a regime
+recovered faster on its second visit than on its first).
 
     python benchmarks/stream_recovery.py RUN_DIR [RUN_DIR ...]
 
@@ -15,19 +16,23 @@ as means over the run's seeds:
   alone (their task lengths over all switches);
 - ``steps_if_recovered``: the mean count over the switches that did recover;
 - ``mode0``, ``mode1``, ``mode2``: the mean loss in each mode (0 in distribution, 1 and 2
-  out of it).
+  out of it);
+- where tasks come back (pendulum regimes), the same split on the first and on the second
+  visit of each task that came back (``first:...``, ``second:...``), over the same tasks as
+  the report's ``recovery_by_visit``.
 
-The ideal learner predicts each step with the true function of the task one step earlier (no
-noise): it knows a task exactly once it has seen one batch of it, and only a switch step
-surprises it. Its level is the noise's (0.05) on every task, so a switch never lands it on a
-harder task: what it takes shows what the count asks of a learner apart from the order of
-the tasks' difficulties.
+On a sinusoid stream the ideal learner predicts each step with the true function of the task
+one step earlier (no noise): it knows a task exactly once it has seen one batch of it, and
+only a switch step surprises it. Its level is the noise's (0.05) on every task, so a switch
+never lands it on a harder task: what it takes shows what the count asks of a learner apart
+from the order of the tasks' difficulties.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +42,11 @@ from distmeta.config import load_config
 from distmeta.engine.fleet import StreamRecord
 from distmeta.experiment import build_stream
 from distmeta.runs import read_records
-from distmeta.runs.stream_metrics import interval, recoveries
+from distmeta.runs.stream_metrics import Recovery, interval, recoveries, visit_pairs
 from distmeta.tasks.sinusoid_stream import SinusoidStream
 
 IDEAL = "ideal"
+PARTS = ("recovery_steps", "never_recovered", "from_never", "steps_if_recovered")
 
 
 def ideal_loss(stream: SinusoidStream) -> np.ndarray:
@@ -55,19 +61,35 @@ def ideal_loss(stream: SinusoidStream) -> np.ndarray:
     return losses
 
 
-def breakdown(records: dict[int, list[StreamRecord]], name: str, window: int) -> dict:
-    """Recovery count, share never recovered and the counts split by it, over seeds."""
-    per_seed: dict[str, list[float]] = {
-        key: [] for key in ("recovery_steps", "never_recovered", "from_never", "steps_if_recovered")
+def split(found: list[Recovery]) -> dict[str, float]:
+    """One seed's switches: the mean count, the share never recovered, the part of the count
+    those add alone, and the mean count of the rest (NaN where a part is empty)."""
+    if not found:
+        return dict.fromkeys(PARTS, math.nan)
+    steps = np.array([r.steps for r in found], dtype=float)
+    never = np.array([not r.recovered for r in found], dtype=bool)
+    return {
+        "recovery_steps": steps.mean(),
+        "never_recovered": never.mean(),
+        "from_never": steps[never].sum() / len(steps),
+        "steps_if_recovered": steps[~never].mean() if (~never).any() else math.nan,
     }
+
+
+def breakdown(records: dict[int, list[StreamRecord]], name: str, window: int) -> dict:
+    """The split of :func:`split` (overall, and by visit where tasks come back) and the mean
+    loss per mode, as means over seeds with their 95 % intervals."""
+    per_seed: dict[str, list[float]] = {}
     for seed_records in records.values():
-        found = [r for record in seed_records for r in recoveries(record, name, window)]
-        steps = np.array([r.steps for r in found], dtype=float)
-        never = np.array([not r.recovered for r in found])
-        per_seed["recovery_steps"].append(steps.mean())
-        per_seed["never_recovered"].append(never.mean())
-        per_seed["from_never"].append(steps[never].sum() / len(steps))
-        per_seed["steps_if_recovered"].append(steps[~never].mean())
+        per_record = [recoveries(record, name, window) for record in seed_records]
+        parts = {"": split([r for found in per_record for r in found])}
+        pairs = [pair for found in per_record for pair in visit_pairs(found)]
+        if pairs:
+            parts["first:"] = split([first for first, _ in pairs])
+            parts["second:"] = split([second for _, second in pairs])
+        for prefix, values in parts.items():
+            for key, value in values.items():
+                per_seed.setdefault(prefix + key, []).append(value)
         for mode in range(3):
             losses = [record.loss[name][record.mode == mode] for record in seed_records]
             per_seed.setdefault(f"mode{mode}", []).append(np.concatenate(losses).mean())
@@ -80,12 +102,13 @@ def main() -> None:
     args = parser.parse_args()
     for run_dir in args.run_dirs:
         config = load_config(run_dir / "config.yaml")
-        if config.stream is None or config.stream.name != "sinusoid":
-            raise SystemExit(f"{run_dir}: not a sinusoid stream run")
+        if config.stream is None:
+            raise SystemExit(f"{run_dir}: not a stream run")
         records = read_records(run_dir)
-        for seed, seed_records in records.items():
-            for record in seed_records:
-                record.loss[IDEAL] = ideal_loss(build_stream(config, seed, record.index))
+        if config.stream.name == "sinusoid":
+            for seed, seed_records in records.items():
+                for record in seed_records:
+                    record.loss[IDEAL] = ideal_loss(build_stream(config, seed, record.index))
         window = config.stream.switch_window
         names = [*next(iter(records.values()))[0].loss]
         out = {

@@ -46,10 +46,12 @@ __all__ = [
     "RECOVERY_TOLERANCE",
     "Interval",
     "LearnerSummary",
+    "Recovery",
     "detection_scores",
     "interval",
     "recoveries",
     "summarize",
+    "visit_pairs",
 ]
 
 LEVEL_STEPS = 10
@@ -169,7 +171,7 @@ class LearnerSummary:
         return out
 
 
-def _returns(found: Sequence[Recovery]) -> list[tuple[Recovery, Recovery]]:
+def visit_pairs(found: Sequence[Recovery]) -> list[tuple[Recovery, Recovery]]:
     """The first and the second visit of each task of one stream that came back, for the
     tasks whose first visit also began at a switch (not the stream's first task)."""
     first = {f.task: f for f in found if f.visit == 1}
@@ -220,7 +222,7 @@ def summarize(
         add("recovery_steps", _mean([f.steps for f in found]))
         add("recovered", _mean([f.recovered for f in found]))
         add("loss_after_switch", _mean([f.loss_after for f in found]))
-        returns = [pair for items in per_record for pair in _returns(items)]
+        returns = [pair for items in per_record for pair in visit_pairs(items)]
         for label, visits in (
             ("first", [first for first, _ in returns]),
             ("second", [second for _, second in returns]),
