@@ -137,6 +137,18 @@ STREAM_BASE = {
 
 
 @pytest.fixture(scope="session")
+def omniglot_background(tmp_path_factory):
+    """The Omniglot background set, prepared once per session from the shared archive."""
+    from imagesets import SHARED_ZIP
+
+    if not SHARED_ZIP.exists():
+        pytest.skip(f"the shared Omniglot archive is not at {SHARED_ZIP}")
+    from distmeta.data import prepare_omniglot
+
+    return prepare_omniglot(SHARED_ZIP, tmp_path_factory.mktemp("omniglot"))
+
+
+@pytest.fixture(scope="session")
 def stream_runs(tmp_path_factory):
     """``(pretrained, joint)``: run folders of a tiny MAML run and a tiny joint run of
     :data:`STREAM_BASE`, the starting points of stream tests."""

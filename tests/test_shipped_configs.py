@@ -1,6 +1,6 @@
 """Every shipped config parses and trains two steps, so that a renamed key cannot ship broken.
 
-The Omniglot configs train on the shared background set, prepared once for the module; the
+The Omniglot configs train on the shared background set, prepared once for the session; the
 sinusoid configs are not compiled here (compiling is tested against eager execution in
 test_algorithms), and nothing is tracked. The stream configs also stream a few steps from
 their two starting points, trained two steps each.
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from imagesets import SHARED_ZIP
 
 import distmeta as dm
 from distmeta.cli import main
@@ -22,16 +21,6 @@ from distmeta.config import load_config, read_yaml
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 STREAMS = [path for path in CONFIGS if "stream" in read_yaml(path)]
-
-
-@pytest.fixture(scope="module")
-def background(tmp_path_factory):
-    """The Omniglot background set, prepared from the shared archive."""
-    if not SHARED_ZIP.exists():
-        pytest.skip(f"the shared Omniglot archive is not at {SHARED_ZIP}")
-    from distmeta.data import prepare_omniglot
-
-    return prepare_omniglot(SHARED_ZIP, tmp_path_factory.mktemp("omniglot"))
 
 
 def test_every_config_in_the_folder_is_covered():
@@ -50,7 +39,7 @@ def _cheap(path: Path, request: pytest.FixtureRequest) -> list[str]:
         "algorithm.compile=false",
     ]
     if raw.get("task", {}).get("name") == "fewshot":
-        overrides.append(f"task.path={request.getfixturevalue('background')}")
+        overrides.append(f"task.path={request.getfixturevalue('omniglot_background')}")
     if raw.get("algorithm", {}).get("outer_lr_decay"):
         overrides.append("algorithm.outer_lr_decay.start=1")  # within the two steps
     if raw.get("algorithm", {}).get("name") == "l2l":
