@@ -656,6 +656,10 @@ class _StreamSection(_Section):
     """C-MAML: past tasks whose fast weights it remembers (the most recently used), each a
     candidate restart at a switch beside adapting afresh: a task that comes back starts where
     its last visit ended. 0 remembers none."""
+    revise: PositiveFloat | None = None
+    """C-MAML: a second look at each switch test on the next batch: the hypothesis the test
+    did not take (a switch, or none) replaces the one it took when its weights predict the
+    next batch with a loss below ``revise`` times the fast weights' (``None``: tests stand)."""
     meta_lr: PositiveFloat = 1e-4
     """Adam's learning rate for the online meta-updates."""
     adapt_steps: PositiveInt | None = None

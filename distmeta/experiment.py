@@ -530,6 +530,7 @@ ONLINE_METHODS: dict[
         told_switches=told,
         memory=spec.memory,
         library=spec.library,
+        revise=spec.revise,
     ),
     "ftml": lambda spec, algorithm, rng, told: FTML(
         algorithm,

@@ -279,6 +279,56 @@ def test_cmaml_with_a_library_restarts_a_task_that_comes_back_where_its_last_vis
     )
 
 
+def _mse(learner, meta, batch) -> float:
+    return float(F.mse_loss(learner.predict(meta, batch.x), batch.y))
+
+
+def test_cmaml_revising_finds_a_switch_its_test_missed_one_batch_late():
+    """A threshold no switch clears: the test misses the switch at step 6. On the next
+    batch the weights adapted on step 6 alone predict better than the fast weights, which
+    also fitted the old task, so the switch is found there and the task's batches start at
+    step 6; nothing is revised while a task holds."""
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    batches = _slopes([1.0] * 6 + [-1.0] * 6)
+    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0, steps=5, memory=4, revise=0.5)
+    plain = CMAML(algorithm, gamma=1e9, lambda_=1.0, steps=5, memory=4)
+    updates = []
+    for batch in batches:
+        updates.append(learner.observe(meta, batch.x, batch.y))
+        plain.observe(meta, batch.x, batch.y)
+        if len(updates) == 8:
+            assert [x for x, _ in learner.recent] == [batches[6].x, batches[7].x]
+    assert not any(update.detected_switch for update in updates)
+    assert [update.revised_switch for update in updates] == [None] * 7 + [True] + [None] * 4
+    following = _slopes([-1.0], seed=5)[0]
+    assert _mse(learner, meta, following) < _mse(plain, meta, following) / 10
+    with pytest.raises(ValueError, match="revise"):
+        CMAML(algorithm, gamma=1.0, lambda_=1.0, revise=0.0)
+
+
+def test_cmaml_revising_withdraws_switches_declared_within_a_task():
+    """A threshold every batch clears: each batch is declared a switch and restarts the
+    fast weights from the meta-parameters. On the next batch the weights that went on with
+    the task predict better, so each declaration is withdrawn. The library takes back the
+    weights the withdrawn switch left there: the next declaration finds it empty and
+    restarts afresh, not from a copy of the task that goes on."""
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    batches = _slopes([1.5] * 8)
+    learner = CMAML(algorithm, gamma=-1e9, lambda_=1.0, steps=5, library=2, revise=0.5)
+    updates = []
+    for step, batch in enumerate(batches):
+        went_on = learner.alternative.weights if step == 2 else None
+        updates.append(learner.observe(meta, batch.x, batch.y))
+        if step == 2:
+            assert len(learner.known) == 1 and learner.known[0] is went_on
+            for name, value in algorithm.adapt(meta, batch.x, batch.y, 5).items():
+                torch.testing.assert_close(learner.fast[name], value)
+    assert all(update.detected_switch for update in updates[1:])
+    assert [update.revised_switch for update in updates] == [None, None] + [False] * 6
+
+
 @pytest.mark.parametrize("library", [1, 2])
 def test_cmaml_library_keeps_the_most_recently_used_tasks(library):
     """Three tasks, each new one fitted better afresh than from a remembered task: the
@@ -416,7 +466,7 @@ def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
     algorithm = _linear_algorithm()
     meta = {name: p + 0.2 for name, p in _zero(algorithm).items()}
     build = {
-        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0, memory=3, library=2),
+        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0, memory=3, library=2, revise=0.9),
         "ftml": lambda: FTML(algorithm, 0.5, 4, 3, 2, np.random.default_rng(3)),
         "finetune": lambda: OnlineTraining(algorithm, meta, 0.05),
         "frozen_meta": lambda: FrozenMeta(algorithm, meta),
@@ -432,7 +482,7 @@ def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
     for batch in batches[7:]:
         torch.testing.assert_close(resumed.predict(meta, batch.x), original.predict(meta, batch.x))
         a, b = original.observe(meta, batch.x, batch.y), resumed.observe(meta, batch.x, batch.y)
-        assert a.detected_switch == b.detected_switch
+        assert (a.detected_switch, a.revised_switch) == (b.detected_switch, b.revised_switch)
         assert (a.gradient is None) == (b.gradient is None)
         if a.gradient is not None:
             for name in a.gradient:

@@ -79,7 +79,7 @@ def test_the_run_folder_keeps_report_records_and_the_learned_meta_parameters(rep
         assert (back.seed, back.index, back.start) == (kept.seed, kept.index, kept.start)
         for field in ("mode", "switch", "task"):
             assert np.array_equal(getattr(back, field), getattr(kept, field))
-        for kind in ("loss", "accuracy", "detected"):
+        for kind in ("loss", "accuracy", "detected", "revised"):
             ours, theirs = getattr(back, kind), getattr(kept, kind)
             assert set(ours) == set(theirs)
             assert all(np.array_equal(ours[name], theirs[name]) for name in theirs)
@@ -96,7 +96,14 @@ def test_the_run_folder_keeps_report_records_and_the_learned_meta_parameters(rep
     assert len(run_streams(again).results[0].records[0]) == 5
 
 
-def _record(loss: dict[str, list[float]], switch: list[int], task=None, mode=None, detected=None):
+def _record(
+    loss: dict[str, list[float]],
+    switch: list[int],
+    task=None,
+    mode=None,
+    detected=None,
+    revised=None,
+):
     n = len(switch)
     return StreamRecord(
         0,
@@ -108,6 +115,7 @@ def _record(loss: dict[str, list[float]], switch: list[int], task=None, mode=Non
         {k: np.array(v, dtype=float) for k, v in loss.items()},
         {},
         {k: np.array(v, dtype=bool) for k, v in (detected or {}).items()},
+        {k: np.array(v, dtype=np.int8) for k, v in (revised or {}).items()},
     )
 
 
@@ -148,6 +156,17 @@ def test_switch_detection_scores_against_the_true_switches():
     precision, recall, f1 = detection_scores([record], "a")
     assert (precision, recall) == (0.5, pytest.approx(2 / 3))
     assert f1 == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+
+
+def test_switch_detection_counts_a_revised_declaration_at_the_step_it_concerns():
+    """A second look one step later withdraws the false declarations at steps 1 and 4 and
+    finds the missed switch at step 5: every switch found, nothing else declared."""
+    switch = [0, 0, 1, 0, 0, 1, 0, 1]
+    declared = [1, 1, 1, 0, 1, 0, 0, 1]
+    revised = [0, 0, -1, 0, 0, -1, 1, 0]
+    record = _record({"a": [0.0] * 8}, switch, detected={"a": declared}, revised={"a": revised})
+    assert record.declared("a").tolist() == [True, False, True, False, False, True, False, True]
+    assert detection_scores([record], "a") == (1.0, 1.0, 1.0)
 
 
 def test_summary_definitions_on_a_known_record():

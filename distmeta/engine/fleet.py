@@ -58,6 +58,9 @@ class StreamRecord:
         loss: Each learner's loss on each step's batch, predicted before its labels.
         accuracy: Each learner's accuracy (classification streams only).
         detected: Whether each learner that looks for switches declared one at each step.
+        revised: For those learners, what each step's second look said of the step before
+            (``1``: a task began there after all, ``-1``: the switch declared there is
+            withdrawn, ``0``: nothing; all 0 for learners that take no second look).
     """
 
     seed: int
@@ -69,9 +72,21 @@ class StreamRecord:
     loss: dict[str, np.ndarray]
     accuracy: dict[str, np.ndarray] = field(default_factory=dict)
     detected: dict[str, np.ndarray] = field(default_factory=dict)
+    revised: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.mode)
+
+    def declared(self, name: str) -> np.ndarray:
+        """Where learner ``name`` finally said a task began: its declarations with the
+        revisions of the step after each applied (a switch found one step late counts at
+        the step it began; a withdrawn one does not count)."""
+        declared = self.detected[name].copy()
+        revised = self.revised.get(name)
+        if revised is not None:
+            declared[:-1][revised[1:] > 0] = True
+            declared[:-1][revised[1:] < 0] = False
+        return declared
 
     @staticmethod
     def joined(parts: Sequence[StreamRecord]) -> StreamRecord:
@@ -105,6 +120,7 @@ class StreamRecord:
             cat("loss"),
             cat("accuracy"),
             cat("detected"),
+            cat("revised"),
         )
 
 
@@ -117,6 +133,7 @@ class _Recorder:
         self.loss: dict[str, list[float]] = {}
         self.accuracy: dict[str, list[float]] = {}
         self.detected: dict[str, list[bool]] = {}
+        self.revised: dict[str, list[int]] = {}
 
     def add(self, batch: Any, scores: Mapping[str, Any]) -> None:
         self.truth.append((batch.mode, batch.switch, batch.task))
@@ -126,6 +143,8 @@ class _Recorder:
                 self.accuracy.setdefault(name, []).append(score.accuracy)
             if score.detected_switch is not None:
                 self.detected.setdefault(name, []).append(score.detected_switch)
+                revision = 0 if score.revised_switch is None else 1 if score.revised_switch else -1
+                self.revised.setdefault(name, []).append(revision)
 
     def record(self) -> StreamRecord:
         mode, switch, task = (np.array(column) for column in zip(*self.truth, strict=True))
@@ -139,6 +158,7 @@ class _Recorder:
             {k: np.array(v) for k, v in self.loss.items()},
             {k: np.array(v) for k, v in self.accuracy.items()},
             {k: np.array(v, dtype=bool) for k, v in self.detected.items()},
+            {k: np.array(v, dtype=np.int8) for k, v in self.revised.items()},
         )
 
 

@@ -152,7 +152,7 @@ def _write(folder: RunDir, report: StreamReport, start: OnlineStart) -> None:
             prefix = f"seed{seed}/stream{record.index}"
             for key in ("mode", "switch", "task"):
                 arrays[f"{prefix}/{key}"] = getattr(record, key)
-            for kind in ("loss", "accuracy", "detected"):
+            for kind in ("loss", "accuracy", "detected", "revised"):
                 for name, values in getattr(record, kind).items():
                     arrays[f"{prefix}/{kind}/{name}"] = values
     buffer = io.BytesIO()
@@ -190,6 +190,7 @@ def read_records(run_dir: str | Path) -> dict[int, list[StreamRecord]]:
             entry["loss"],
             entry.get("accuracy", {}),
             entry.get("detected", {}),
+            entry.get("revised", {}),
         )
         records.setdefault(seed, []).append(record)
     return records

@@ -124,9 +124,10 @@ def recoveries(record: StreamRecord, name: str, window: int) -> list[Recovery]:
 
 
 def detection_scores(records: Sequence[StreamRecord], name: str) -> tuple[float, float, float]:
-    """Precision, recall and F1 of learner ``name``'s declared switches over ``records``
-    (precision is 1 when it declared none; recall 1 when there were none)."""
-    declared = np.concatenate([r.detected[name][1:] for r in records])
+    """Precision, recall and F1 of learner ``name``'s declared switches over ``records``, its
+    revisions applied (:meth:`StreamRecord.declared`; precision is 1 when it declared none,
+    recall 1 when there were none)."""
+    declared = np.concatenate([r.declared(name)[1:] for r in records])
     truth = np.concatenate([r.switch[1:] for r in records])
     hits = int((declared & truth).sum())
     precision = hits / declared.sum() if declared.any() else 1.0

@@ -108,7 +108,9 @@ def plot_stream(report: StreamReport, path: str | Path, title: str) -> None:
                 linewidth=width,
                 label=label,
             )
-        declared = np.flatnonzero(record.detected.get("method", np.zeros(0, dtype=bool)))
+        declared = np.flatnonzero(
+            record.declared("method") if "method" in record.detected else np.zeros(0, dtype=bool)
+        )
         if declared.size:
             axis.plot(
                 declared,

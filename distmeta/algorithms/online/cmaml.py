@@ -4,7 +4,7 @@ and meta-updates only while the task holds."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -14,6 +14,22 @@ from distmeta.algorithms.online.method import OnlineUpdate, cloned, loss_of, pre
 from distmeta.tasks.batch import TaskBatch
 
 __all__ = ["CMAML"]
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class _Hypothesis(NamedTuple):
+    """What the switch test did not take at a batch: the fast weights and the current task's
+    batches had it gone the other way."""
+
+    weights: Params
+    batches: Batches
+    began: bool
+    """The hypothesis is a switch at that batch (the test declared none)."""
+    left_in_library: bool
+    """The test's switch put the fast weights of the task it left last in the library."""
+    from_library: bool
+    """The test's switch restarted from a remembered task, taken out of the library."""
 
 
 class CMAML:
@@ -48,6 +64,15 @@ class CMAML:
         last visit ended instead of from the meta-parameters (MOCA's and the task-library
         methods' idea, applied to C-MAML's restart).
 
+        With ``revise``, every switch test gets a second look on the next batch: the
+        hypothesis it did not take (a switch there, or none) kept its own fast weights, and
+        both sets predict the next batch before they see it. Where the other hypothesis's
+        loss is below ``revise`` times the fast weights', the learner goes on from it. The
+        test itself compares weights that have not seen the batch with weights adapted on
+        it, and errs both ways where tasks are hard to fit: a switch to a task close to the
+        old one stays under ``gamma`` (found one batch late here), and a task fitted poorly
+        after a few batches looks like another task (withdrawn here).
+
         Learned per-parameter inner rates (OSAKA's optional ones) are the algorithm's
         ``metasgd`` inner rule.
 
@@ -62,6 +87,7 @@ class CMAML:
         steps: Inner steps of each adaptation (``None``: the algorithm's own).
         memory: Batches of the current task that the fast weights adapt on.
         library: Past tasks whose fast weights are remembered (0: none).
+        revise: Ratio of the second look at each switch test (``None``: none).
         told_switches: Use the true switches (the oracle).
 
     References:
@@ -87,6 +113,7 @@ class CMAML:
         told_switches: bool = False,
         memory: int = 1,
         library: int = 0,
+        revise: float | None = None,
     ):
         if not lambda_ > 0:
             raise ValueError(f"lambda must be positive, got {lambda_}")
@@ -96,9 +123,14 @@ class CMAML:
             raise ValueError(f"library must hold zero or more tasks, got {library}")
         self.algorithm, self.gamma, self.lambda_ = algorithm, float(gamma), float(lambda_)
         self.prolonged, self.steps, self.told_switches = prolonged, steps, told_switches
-        self.memory, self.library = memory, library
+        if revise is not None and not revise > 0:
+            raise ValueError(f"revise is a positive ratio or None, got {revise}")
+        self.memory, self.library, self.revise = memory, library, revise
+        self.alternative: _Hypothesis | None = None
+        """The hypothesis about the previous batch that the switch test did not take,
+        checked on the next batch when ``revise`` is set."""
         self.fast: Params | None = None
-        self.recent: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.recent: Batches = []
         """The current task's latest batches (at most ``memory``), oldest first."""
         self.known: list[Params] = []
         """Fast weights of past tasks (at most ``library``), least recently used first."""
@@ -112,9 +144,12 @@ class CMAML:
         algorithm = self.algorithm
         fresh = algorithm.adapt(meta, x, y, self.steps)
         if not self.recent or self.fast is None:  # the stream's first batch
-            self.fast, self.recent = fresh, [(x, y)]
+            self.fast, self.recent, self.alternative = fresh, [(x, y)], None
             return OnlineUpdate(detected_switch=False)
         loss = loss_of(algorithm, self.fast, x, y)
+        revised = None
+        if self.alternative is not None:
+            loss, revised = self._revised(loss, x, y)
         # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
         # their loss can say nothing about the task, and it would scale the meta-update.
         lost = not math.isfinite(loss)
@@ -126,24 +161,54 @@ class CMAML:
             detected = bool(switch)
         if detected or lost:
             start, _, remembered = restart or self._best_restart(meta, fresh, x, y)
+            if self.revise is not None and switch is None and not lost:
+                held = [*self.recent, (x, y)][-self.memory :]
+                self.alternative = _Hypothesis(
+                    self._adapted(meta, self.fast, fresh, held),
+                    held,
+                    began=False,
+                    left_in_library=bool(self.library),
+                    from_library=remembered is not None,
+                )
             if remembered is not None:
                 del self.known[remembered]
             if not lost and self.library:
                 self.known = [*self.known, self.fast][-self.library :]
             self.fast, self.recent = start, [(x, y)]
-            return OnlineUpdate(None, detected)
+            return OnlineUpdate(None, detected, revised)
         before_x, before_y = self.recent[-1]
         task = TaskBatch(before_x[None], before_y[None], x[None], y[None])
         mean, _ = algorithm.meta_gradient(meta, task)
         gradient = scaled(mean, 1.0 - math.exp(-self.lambda_ * loss))
         self.recent = [*self.recent, (x, y)][-self.memory :]
-        support_x = torch.cat([batch_x for batch_x, _ in self.recent])
-        support_y = torch.cat([batch_y for _, batch_y in self.recent])
-        if self.prolonged:
-            self.fast = self._adapted_further(meta, fresh, support_x, support_y)
-        else:
-            self.fast = self._adapted_afresh(meta, fresh, support_x, support_y)
-        return OnlineUpdate(gradient, detected)
+        self.fast = self._adapted(meta, self.fast, fresh, self.recent)
+        if self.revise is not None and switch is None and self.fast is not fresh:
+            self.alternative = _Hypothesis(fresh, [(x, y)], True, False, False)
+        return OnlineUpdate(gradient, detected, revised)
+
+    def _revised(self, loss: float, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool | None]:
+        """The second look at the previous batch's switch test, on this batch: the fast
+        weights of the hypothesis the test took and those of the one it did not (a switch
+        there, or none) both predict this batch, which neither has seen. If the other one's
+        loss is below ``revise`` times the fast weights', the fast weights and the current
+        task's batches become the other hypothesis's: a switch the test missed (a new task
+        close enough to the old one that the difference stayed under ``gamma``) is found one
+        batch late, and one it declared wrongly (a task fitted so poorly that adapting on
+        the batch itself looked like another task) is withdrawn. The library follows: the
+        task left at a switch found late is remembered, and a withdrawn switch takes back
+        what it did to the library. Returns the fast weights' loss on this batch and the
+        revision (``True``: the previous batch began a task after all, ``False``: it did
+        not, ``None``: the test stands)."""
+        other_hypothesis, self.alternative = self.alternative, None
+        other = loss_of(self.algorithm, other_hypothesis.weights, x, y)
+        if not other < self.revise * loss:
+            return loss, None
+        if self.library:
+            known = self.known[:-1] if other_hypothesis.left_in_library else self.known
+            left = other_hypothesis.began or other_hypothesis.from_library
+            self.known = [*known, self.fast][-self.library :] if left else known
+        self.fast, self.recent = other_hypothesis.weights, other_hypothesis.batches
+        return other, other_hypothesis.began
 
     def _best_restart(
         self, meta: Params | None, fresh: Params, x: torch.Tensor, y: torch.Tensor
@@ -161,28 +226,33 @@ class CMAML:
                 best, best_loss, place = adapted, adapted_loss, index
         return best, best_loss, place
 
-    def _adapted_afresh(
-        self, meta: Params | None, fresh: Params, x: torch.Tensor, y: torch.Tensor
+    def _adapted(
+        self,
+        meta: Params | None,
+        fast: Params,
+        fresh: Params,
+        batches: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> Params:
-        """The weights adapted afresh from the meta-parameters on the memory's batches
-        ``(x, y)``: ``fresh`` (adapted on the newest batch) when it holds that batch alone."""
-        return fresh if len(self.recent) == 1 else self.algorithm.adapt(meta, x, y, self.steps)
-
-    def _adapted_further(
-        self, meta: Params | None, fresh: Params, x: torch.Tensor, y: torch.Tensor
-    ) -> Params:
-        """The fast weights after more inner steps on the memory's batches ``(x, y)``,
-        unless those steps raised their loss on it: the inner rate overshot (plain SGD on a
-        task steeper than the ones it was meta-trained for, e.g. a sinusoid's amplitude
-        5-10), and going on would diverge within a few batches. The steps are then rejected,
-        and of the fast weights before them and the weights adapted afresh on ``(x, y)``
-        the one with the lower loss on it is kept."""
-        algorithm, fast = self.algorithm, self.fast
+        """The fast weights ``fast`` after more inner steps on the current task's ``batches``
+        (``prolonged``), unless those steps raised their loss on them: the inner rate
+        overshot (plain SGD on a task steeper than the ones it was meta-trained for, e.g. a
+        sinusoid's amplitude 5-10), and going on would diverge within a few batches. The
+        steps are then rejected, and of ``fast`` and the weights adapted afresh from the
+        meta-parameters on the batches the one with the lower loss on them is kept. Without
+        ``prolonged``, the weights adapted afresh. ``fresh`` is the weights adapted afresh on
+        the newest batch alone."""
+        algorithm = self.algorithm
+        x = torch.cat([batch_x for batch_x, _ in batches])
+        y = torch.cat([batch_y for _, batch_y in batches])
+        afresh = fresh if len(batches) == 1 else None
+        if not self.prolonged:
+            return afresh if afresh is not None else algorithm.adapt(meta, x, y, self.steps)
         before = loss_of(algorithm, fast, x, y)
         further = algorithm.adapt_further(meta, fast, x, y, self.steps)
         if loss_of(algorithm, further, x, y) <= before:
             return further
-        afresh = self._adapted_afresh(meta, fresh, x, y)
+        if afresh is None:
+            afresh = algorithm.adapt(meta, x, y, self.steps)
         return afresh if loss_of(algorithm, afresh, x, y) < before else fast
 
     def state_dict(self) -> dict[str, Any]:
@@ -190,8 +260,21 @@ class CMAML:
             "fast": cloned(self.fast),
             "recent": list(self.recent),
             "known": [cloned(weights) for weights in self.known],
+            "alternative": None
+            if self.alternative is None
+            else self.alternative._replace(
+                weights=cloned(self.alternative.weights), batches=list(self.alternative.batches)
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fast, self.recent = cloned(state["fast"]), list(state["recent"])
         self.known = [cloned(weights) for weights in state["known"]]
+        alternative = state["alternative"]
+        self.alternative = (
+            None
+            if alternative is None
+            else _Hypothesis(*alternative)._replace(
+                weights=cloned(alternative[0]), batches=list(alternative[1])
+            )
+        )

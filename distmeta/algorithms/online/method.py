@@ -28,10 +28,14 @@ class OnlineUpdate:
             by the learner's modulation), or ``None`` for no meta-update.
         detected_switch: Whether the learner declared that a new task began at this batch;
             ``None`` for learners that do not look for switches.
+        revised_switch: A second look at the previous batch's declaration: ``True`` where a
+            task began there after all, ``False`` where the switch declared there is
+            withdrawn, ``None`` where it stands.
     """
 
     gradient: Params | None = None
     detected_switch: bool | None = None
+    revised_switch: bool | None = None
 
 
 @runtime_checkable

@@ -23,12 +23,14 @@ __all__ = ["Score", "prequential_step"]
 @dataclass(frozen=True)
 class Score:
     """How one learner did on one step: its loss (and accuracy for classification) on the
-    batch before seeing its labels, and whether it declared a switch there (``None`` for
-    learners that do not look for switches)."""
+    batch before seeing its labels, whether it declared a switch there (``None`` for
+    learners that do not look for switches), and how it revised the previous step's
+    declaration (``None``: it did not)."""
 
     loss: float
     accuracy: float | None
     detected_switch: bool | None
+    revised_switch: bool | None = None
 
 
 def prequential_step(
@@ -64,7 +66,7 @@ def prequential_step(
         update = learner.observe(
             meta, batch.x, batch.y, batch.switch if learner.told_switches else None
         )
-        scores[name] = Score(loss, accuracy, update.detected_switch)
+        scores[name] = Score(loss, accuracy, update.detected_switch, update.revised_switch)
         if update.gradient is not None:
             gradients[name] = update.gradient
     return scores, gradients
