@@ -704,9 +704,10 @@ class _StreamSection(_Section):
 
     @model_validator(mode="after")
     def _cmaml_options(self) -> _StreamSection:
-        """``memory`` and ``library`` are C-MAML's: refused for another method rather than
-        ignored."""
-        defaults = {key: type(self).model_fields[key].default for key in ("memory", "library")}
+        """``memory``, ``library`` and ``revise`` are C-MAML's: refused for another method
+        rather than ignored."""
+        keys = ("memory", "library", "revise")
+        defaults = {key: type(self).model_fields[key].default for key in keys}
         values = {key: getattr(self, key) for key in defaults}
         changed = {key: value for key, value in values.items() if value != defaults[key]}
         if self.method != "cmaml" and changed:

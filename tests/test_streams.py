@@ -362,7 +362,9 @@ def test_stream_configs_build_their_streams_and_pendulum_its_task_source(marked_
         ({"stream": {"method": "ewc"}}, "stream.method"),
         ({"stream": {"method": "ftml", "memory": 5}}, "memory: 5 apply to method cmaml only"),
         ({"stream": {"method": "ftml", "library": 8}}, "library: 8 apply to method cmaml only"),
+        ({"stream": {"method": "ftml", "revise": 0.5}}, "revise: 0.5 apply to method cmaml only"),
         ({"stream": {"library": -1}}, "stream.library"),
+        ({"stream": {"revise": 0}}, "stream.revise"),
         ({"stream": {"points": 10, "transitions": 16}}, "stream.transitions: unknown key"),
         ({"stream": {"ood_amplitude": [10, 5]}}, "ood_amplitude must be"),
         (

@@ -183,7 +183,9 @@ class CMAML:
         self.recent = [*self.recent, (x, y)][-self.memory :]
         self.fast = self._adapted(meta, self.fast, fresh, self.recent)
         if self.revise is not None and switch is None and self.fast is not fresh:
-            self.alternative = _Hypothesis(fresh, [(x, y)], True, False, False)
+            self.alternative = _Hypothesis(
+                fresh, [(x, y)], began=True, left_in_library=False, from_library=False
+            )
         return OnlineUpdate(gradient, detected, revised)
 
     def _revised(self, loss: float, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool | None]:
@@ -231,7 +233,7 @@ class CMAML:
         meta: Params | None,
         fast: Params,
         fresh: Params,
-        batches: list[tuple[torch.Tensor, torch.Tensor]],
+        batches: Batches,
     ) -> Params:
         """The fast weights ``fast`` after more inner steps on the current task's ``batches``
         (``prolonged``), unless those steps raised their loss on them: the inner rate
