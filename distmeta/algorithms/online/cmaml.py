@@ -25,11 +25,14 @@ class _Hypothesis(NamedTuple):
     weights: Params
     batches: Batches
     began: bool
-    """The hypothesis is a switch at that batch (the test declared none)."""
-    left_in_library: bool
-    """The test's switch put the fast weights of the task it left last in the library."""
+    """The hypothesis is a switch at that batch (the test declared none). Otherwise the test
+    declared one, and with a library it put the fast weights of the task it left last in it."""
     from_library: bool
     """The test's switch restarted from a remembered task, taken out of the library."""
+
+    def copied(self) -> _Hypothesis:
+        """The same hypothesis on copies of its weights (a state that must not alias them)."""
+        return self._replace(weights=cloned(self.weights), batches=list(self.batches))
 
 
 class CMAML:
@@ -167,7 +170,6 @@ class CMAML:
                     self._adapted(meta, self.fast, fresh, held),
                     held,
                     began=False,
-                    left_in_library=bool(self.library),
                     from_library=remembered is not None,
                 )
             if remembered is not None:
@@ -183,9 +185,7 @@ class CMAML:
         self.recent = [*self.recent, (x, y)][-self.memory :]
         self.fast = self._adapted(meta, self.fast, fresh, self.recent)
         if self.revise is not None and switch is None and self.fast is not fresh:
-            self.alternative = _Hypothesis(
-                fresh, [(x, y)], began=True, left_in_library=False, from_library=False
-            )
+            self.alternative = _Hypothesis(fresh, [(x, y)], began=True, from_library=False)
         return OnlineUpdate(gradient, detected, revised)
 
     def _revised(self, loss: float, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool | None]:
@@ -206,7 +206,7 @@ class CMAML:
         if not other < self.revise * loss:
             return loss, None
         if self.library:
-            known = self.known[:-1] if other_hypothesis.left_in_library else self.known
+            known = self.known if other_hypothesis.began else self.known[:-1]
             left = other_hypothesis.began or other_hypothesis.from_library
             self.known = [*known, self.fast][-self.library :] if left else known
         self.fast, self.recent = other_hypothesis.weights, other_hypothesis.batches
@@ -262,21 +262,11 @@ class CMAML:
             "fast": cloned(self.fast),
             "recent": list(self.recent),
             "known": [cloned(weights) for weights in self.known],
-            "alternative": None
-            if self.alternative is None
-            else self.alternative._replace(
-                weights=cloned(self.alternative.weights), batches=list(self.alternative.batches)
-            ),
+            "alternative": None if self.alternative is None else self.alternative.copied(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fast, self.recent = cloned(state["fast"]), list(state["recent"])
         self.known = [cloned(weights) for weights in state["known"]]
         alternative = state["alternative"]
-        self.alternative = (
-            None
-            if alternative is None
-            else _Hypothesis(*alternative)._replace(
-                weights=cloned(alternative[0]), batches=list(alternative[1])
-            )
-        )
+        self.alternative = None if alternative is None else _Hypothesis(*alternative).copied()
