@@ -320,6 +320,13 @@ class AlgorithmConfig(_Section):
     """The optimizer that applies the meta-gradient to the meta-parameters."""
     outer_lr_decay: OuterLRDecay | None = None
     """``None`` keeps ``outer_lr`` for the whole run."""
+    rule_outer_lr: PositiveFloat | None = None
+    """Outer learning rate of a learned inner rule's own meta-parameters (``metasgd``'s rates,
+    the ``lstm`` rule's weights) when it should differ from the initialisation's
+    ``outer_lr``; it follows ``outer_lr_decay`` in proportion. ``None``: ``outer_lr`` for
+    every meta-parameter. Adam moves each parameter by about its rate per step, whatever
+    the parameter's scale: a learned step size of 0.01 at ``outer_lr`` 1e-3 changes by a
+    tenth of itself per step."""
     zero_init: tuple[str, ...] = ()
     """Model parameters (``named_parameters`` names, e.g. ``[head.weight, head.bias]``) that
     every task starts from zero and that are not meta-learned: for a classifier's last layer,
@@ -887,6 +894,19 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 f"algorithm.inner_rule: l2l meta-trains a learned optimizer; write lstm, "
                 f"not {algorithm.inner_rule}"
+            )
+        if algorithm.rule_outer_lr is not None and (
+            algorithm.inner_rule == "sgd" or algorithm.name in ("l2l", "joint")
+        ):
+            raise ValueError(
+                "algorithm.rule_outer_lr sets the outer rate of a learned inner rule's "
+                "parameters beside the initialisation's; "
+                + (
+                    "the sgd rule learns none"
+                    if algorithm.inner_rule == "sgd"
+                    else f"{algorithm.name} meta-trains no initialisation beside the rule "
+                    "(use outer_lr)"
+                )
             )
         if algorithm.name == "fomaml" and algorithm.inner_rule == "lstm":
             raise ValueError(

@@ -1,4 +1,5 @@
-"""The outer learning rate schedule: held, then annealed; a pure function of the step."""
+"""The outer learning rate: held, then annealed, a pure function of the step; and a rate of
+its own for a learned inner rule's parameters."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import distmeta as dm
 from distmeta.config import OuterLRDecay, parse_config
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
-from distmeta.engine.schedule import OuterLRSchedule
+from distmeta.engine.schedule import OuterLRSchedule, rule_lr_factors
 from distmeta.errors import ConfigError
+from distmeta.experiment import build_experiment
 
 
 def test_without_decay_the_rate_is_constant():
@@ -92,3 +94,90 @@ def test_a_run_extended_into_a_decay_equals_one_decayed_run(tmp_path, tiny_sinus
         progress=False,
     )
     assert not torch.equal(whole["net.0.weight"], dm.load_run(constant).params["net.0.weight"])
+
+
+TWO = ParamLayout(("w", "rate"), ((2,), (3,)))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_named_parameters_step_at_their_factor_of_the_scheduled_rate(optimizer):
+    """The learner's views of its buffer step as torch's optimizer over two groups would."""
+    gradients = [torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0]) * (k + 1) for k in range(3)]
+    decay = OuterLRDecay(shape="linear", start=1, final=0.5)
+    schedule = OuterLRSchedule(0.1, 3, decay)
+    learner = Learner(TWO, torch.arange(5.0), optimizer, schedule, {"rate": 0.01})
+    w, rate = torch.arange(2.0), torch.arange(2.0, 5.0)
+    reference = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer](
+        [{"params": [w]}, {"params": [rate]}], lr=0.1
+    )
+    for version, gradient in enumerate(gradients):
+        learner.apply(gradient)
+        w.grad, rate.grad = gradient[:2].clone(), gradient[2:].clone()
+        reference.param_groups[0]["lr"] = schedule(version)
+        reference.param_groups[1]["lr"] = schedule(version) * 0.01
+        reference.step()
+    assert torch.allclose(learner.theta, torch.cat([w, rate]), rtol=0, atol=1e-7)
+    assert learner.params()["rate"].data_ptr() == learner.theta[2:].data_ptr()  # one buffer
+
+
+def test_a_learner_with_factors_resumes_its_checkpoint_exactly_and_refuses_one_without():
+    def learner(factors):
+        return Learner(TWO, torch.arange(5.0), "adam", 0.1, factors)
+
+    whole, part = learner({"rate": 0.1}), learner({"rate": 0.1})
+    gradients = [torch.randn(5, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    for gradient in gradients:
+        whole.apply(gradient)
+    for gradient in gradients[:2]:
+        part.apply(gradient)
+    resumed = learner({"rate": 0.1})
+    resumed.load_state_dict(part.state_dict())
+    for gradient in gradients[2:]:
+        resumed.apply(gradient)
+    assert torch.equal(whole.theta, resumed.theta)
+    with pytest.raises(ValueError, match="was algorithm.rule_outer_lr changed"):
+        learner(None).load_state_dict(part.state_dict())
+    with pytest.raises(ValueError, match=r"lr_factors name parameters the layout does not have"):
+        learner({"lstm.out.bias": 0.1})
+
+
+def test_the_rule_rate_reaches_the_rules_parameters_only(tmp_path, tiny_sinusoid_config):
+    """Meta-SGD's learned rates step at ``rule_outer_lr`` in a run, the model at ``outer_lr``:
+    Adam's first step moves every element with a gradient by its rate."""
+    config = parse_config(
+        {
+            **tiny_sinusoid_config.model_dump(mode="json"),
+            "algorithm": {
+                **tiny_sinusoid_config.algorithm.model_dump(mode="json"),
+                "inner_rule": "metasgd",
+                "outer_lr": 1e-3,
+                "rule_outer_lr": 1e-5,
+            },
+            "train": {**tiny_sinusoid_config.train.model_dump(), "steps": 1},
+        }
+    )
+    algorithm = build_experiment(config).algorithm
+    factors = rule_lr_factors(config, algorithm)
+    assert factors and all(name.startswith("inner_lr.") for name in factors)
+    assert set(factors) == set(algorithm.param_names) - set(algorithm.model_param_names)
+    assert list(factors.values()) == pytest.approx([1e-2] * len(factors))
+    start = algorithm.init_params()
+    dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    end = dm.load_run(tmp_path / "run").params
+    for name, value in end.items():
+        moved = (value - start[name]).abs()
+        rate = 1e-5 if name in factors else 1e-3
+        assert moved.max() == pytest.approx(rate, rel=1e-3), name
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "problem"),
+    [
+        ({"inner_rule": "sgd"}, "the sgd rule learns none"),
+        ({"name": "joint", "inner_rule": "metasgd"}, "joint meta-trains no initialisation"),
+        ({"name": "l2l", "inner_rule": "lstm"}, "l2l meta-trains no initialisation"),
+    ],
+)
+def test_a_rule_rate_where_no_rule_learns_beside_a_model_is_refused(algorithm, problem):
+    with pytest.raises(ConfigError, match=problem):
+        parse_config({"algorithm": {**algorithm, "rule_outer_lr": 1e-4}})

@@ -6,6 +6,7 @@ it), so the outer step is the same code whether one process or a cluster compute
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ class StaleResult:
     """Versions applied since the result's parameters were read."""
 
 
+_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
 class Learner:
     """Holds ``theta`` (flat), the outer optimizer's state and the version (updates applied).
 
@@ -34,6 +38,10 @@ class Learner:
         initial: Flat initial meta-parameters; the learner keeps its own copy.
         optimizer: ``"adam"`` or ``"sgd"``.
         lr: Outer learning rate, or its schedule over the versions.
+        lr_factors: Named meta-parameters that step at another rate: the schedule's rate times
+            their factor (an inner rule's learned rates or weights next to the model's
+            initialisation). Each rate becomes a parameter group of the outer optimizer over
+            views of the flat buffer; without factors the optimizer holds the buffer whole.
     """
 
     def __init__(
@@ -42,19 +50,34 @@ class Learner:
         initial: torch.Tensor,
         optimizer: str,
         lr: float | OuterLRSchedule,
+        lr_factors: Mapping[str, float] | None = None,
     ):
         if initial.dim() != 1 or initial.numel() != layout.numel:
             raise ValueError(f"initial parameters must be a flat vector of {layout.numel} values")
+        factors = dict(lr_factors or {})
+        unknown = sorted(set(factors) - set(layout.names))
+        if unknown:
+            raise ValueError(f"lr_factors name parameters the layout does not have: {unknown}")
         self.layout = layout
+        self.lr_factors = factors
         self.schedule = lr if isinstance(lr, OuterLRSchedule) else OuterLRSchedule(lr)
-        lr = self.schedule(0)
         self.theta = initial.detach().clone()
-        if optimizer == "adam":
-            self.optimizer = torch.optim.Adam([self.theta], lr=lr)
-        elif optimizer == "sgd":
-            self.optimizer = torch.optim.SGD([self.theta], lr=lr)
-        else:
+        if optimizer not in _OPTIMIZERS:
             raise ValueError(f"outer optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        # The tensors the optimizer steps: the buffer whole, or views of its named pieces
+        # grouped by rate.
+        groups: dict[float, list[torch.Tensor]] = {1.0: [self.theta]}
+        if factors:
+            self._stepped = torch.split(self.theta, layout.sizes)
+            groups = {}
+            for name, view in zip(layout.names, self._stepped, strict=True):
+                groups.setdefault(factors.get(name, 1.0), []).append(view)
+        else:
+            self._stepped = (self.theta,)
+        self._group_factors = tuple(groups)
+        self.optimizer = _OPTIMIZERS[optimizer](
+            [{"params": tensors} for tensors in groups.values()], lr=self.schedule(0)
+        )
         self.version = 0
 
     def params(self) -> dict[str, torch.Tensor]:
@@ -69,11 +92,16 @@ class Learner:
                 f"expected {tuple(self.theta.shape)}"
             )
         gradient = mean_gradient.to(device=self.theta.device, dtype=self.theta.dtype)
-        self.theta.grad = gradient if scale == 1.0 else gradient * scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule(self.version)
+        gradient = gradient if scale == 1.0 else gradient * scale
+        pieces = torch.split(gradient, self.layout.sizes) if self.lr_factors else (gradient,)
+        for tensor, piece in zip(self._stepped, pieces, strict=True):
+            tensor.grad = piece
+        rate = self.schedule(self.version)
+        for group, factor in zip(self.optimizer.param_groups, self._group_factors, strict=True):
+            group["lr"] = rate * factor
         self.optimizer.step()
-        self.theta.grad = None
+        for tensor in self._stepped:
+            tensor.grad = None
         self.version += 1
         return self.version
 
@@ -122,6 +150,12 @@ class Learner:
             raise ValueError("checkpoint parameters do not match this experiment's model")
         with torch.no_grad():
             self.theta.copy_(state["theta"])
+        saved_groups = len(state["optimizer"]["param_groups"])
+        if saved_groups != len(self._group_factors):
+            raise ValueError(
+                f"the checkpoint's outer optimizer steps {saved_groups} group(s) of rates, this "
+                f"experiment's {len(self._group_factors)}: was algorithm.rule_outer_lr changed?"
+            )
         # The configured rate wins over the checkpoint's (each step sets it from the schedule):
         # a PBT trial resumes another trial's state with a perturbed outer learning rate.
         self.optimizer.load_state_dict(state["optimizer"])

@@ -10,7 +10,7 @@ import torch
 from distmeta.config import ExperimentConfig
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
-from distmeta.engine.schedule import OuterLRSchedule
+from distmeta.engine.schedule import OuterLRSchedule, rule_lr_factors
 from distmeta.experiment import build_experiment
 
 __all__ = ["LocalEngine"]
@@ -33,6 +33,7 @@ class LocalEngine:
             self.layout.flatten(initial),
             config.algorithm.outer_optimizer,
             OuterLRSchedule.of(config),
+            rule_lr_factors(config, self.experiment.algorithm),
         )
 
     def run(self, start: int, stop: int) -> Iterator[dict[str, float]]:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from distmeta.config import ExperimentConfig, OuterLRDecay
 
-__all__ = ["OuterLRSchedule"]
+if TYPE_CHECKING:
+    from distmeta.algorithms.base import MetaAlgorithm
+
+__all__ = ["OuterLRSchedule", "rule_lr_factors"]
 
 
 @dataclass(frozen=True)
@@ -39,3 +43,17 @@ class OuterLRSchedule:
         else:
             remaining = 1.0 - progress
         return self.lr * (decay.final + (1.0 - decay.final) * remaining)
+
+
+def rule_lr_factors(config: ExperimentConfig, algorithm: MetaAlgorithm) -> dict[str, float]:
+    """The inner rule's meta-parameters (those of ``algorithm`` that are not the model's) at
+    ``algorithm.rule_outer_lr``, as factors of the schedule's rate: a
+    :class:`~distmeta.engine.learner.Learner`'s ``lr_factors``. None where the rule steps at
+    ``outer_lr`` (the config refuses ``rule_outer_lr`` where no model is meta-trained beside
+    a learned rule)."""
+    rate = config.algorithm.rule_outer_lr
+    if rate is None:
+        return {}
+    model = set(algorithm.model_param_names)
+    factor = rate / config.algorithm.outer_lr
+    return {name: factor for name in algorithm.param_names if name not in model}

@@ -21,7 +21,7 @@ from distmeta.engine.ray_engine.placement import learner_strategy
 from distmeta.engine.ray_engine.pool import WorkerPool
 from distmeta.engine.ray_engine.transport import MEASURED_STEPS, choose_transport, short_steps
 from distmeta.engine.rundir import RunDir
-from distmeta.engine.schedule import OuterLRSchedule
+from distmeta.engine.schedule import OuterLRSchedule, rule_lr_factors
 from distmeta.errors import TaskFailedError
 from distmeta.experiment import build_experiment
 
@@ -110,6 +110,7 @@ class RayEngine:
                     self.layout.flatten(initial).numpy(),
                     config.algorithm.outer_optimizer,
                     OuterLRSchedule.of(config),
+                    rule_lr_factors(config, experiment.algorithm),
                     run_dir.uri,
                 )
             )

@@ -79,7 +79,7 @@ class RayFleet:
             actor = ray.remote(LearnerActor).options(
                 num_cpus=0, max_restarts=0, scheduling_strategy=learner_strategy()
             )
-            self._learners[name] = actor.remote(self.layout, self._initial, "adam", lr, None)
+            self._learners[name] = actor.remote(self.layout, self._initial, "adam", lr, {}, None)
         return self._learners[name]
 
     def _drop_learners(self) -> None:

@@ -44,6 +44,7 @@ class LearnerActor:
         initial: Flat initial meta-parameters.
         optimizer: ``"adam"`` or ``"sgd"``.
         lr: Outer learning rate (schedule).
+        lr_factors: Named meta-parameters at another rate (the Learner's ``lr_factors``).
         run_dir: The run's folder (local path or URI), read only after a restart; ``None``
             for a learner that is not restarted (a stream fleet's, whose meta-parameters
             have no checkpoints).
@@ -55,6 +56,7 @@ class LearnerActor:
         initial: np.ndarray,
         optimizer: str,
         lr: float | OuterLRSchedule,
+        lr_factors: dict[str, float],
         run_dir: str | None,
     ):
         torch.set_num_threads(1)
@@ -62,7 +64,9 @@ class LearnerActor:
         self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._channel: LearnerChannel | None = None
         self._optimizer = optimizer
-        self.learner = Learner(layout, torch.from_numpy(np.array(initial)), optimizer, lr)
+        self.learner = Learner(
+            layout, torch.from_numpy(np.array(initial)), optimizer, lr, lr_factors
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own property
             self.restored = ray.get_runtime_context().was_current_actor_reconstructed
@@ -83,7 +87,11 @@ class LearnerActor:
         same learners rather than start a process per seed."""
         learner = self.learner
         self.learner = Learner(
-            learner.layout, torch.from_numpy(np.array(initial)), self._optimizer, learner.schedule
+            learner.layout,
+            torch.from_numpy(np.array(initial)),
+            self._optimizer,
+            learner.schedule,
+            learner.lr_factors,
         )
         self._recent.clear()
         return self._message()
