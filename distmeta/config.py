@@ -895,8 +895,10 @@ class ExperimentConfig(_Section):
                 f"algorithm.inner_rule: l2l meta-trains a learned optimizer; write lstm, "
                 f"not {algorithm.inner_rule}"
             )
+        # joint takes no inner step, so its rule's parameters never move (a stream config's
+        # joint start is trained from the MAML run's own file).
         if algorithm.rule_outer_lr is not None and (
-            algorithm.inner_rule == "sgd" or algorithm.name in ("l2l", "joint")
+            algorithm.inner_rule == "sgd" or algorithm.name == "l2l"
         ):
             raise ValueError(
                 "algorithm.rule_outer_lr sets the outer rate of a learned inner rule's "
@@ -904,8 +906,7 @@ class ExperimentConfig(_Section):
                 + (
                     "the sgd rule learns none"
                     if algorithm.inner_rule == "sgd"
-                    else f"{algorithm.name} meta-trains no initialisation beside the rule "
-                    "(use outer_lr)"
+                    else "l2l meta-trains the rule alone (use outer_lr)"
                 )
             )
         if algorithm.name == "fomaml" and algorithm.inner_rule == "lstm":

@@ -49,8 +49,8 @@ def rule_lr_factors(config: ExperimentConfig, algorithm: MetaAlgorithm) -> dict[
     """The inner rule's meta-parameters (those of ``algorithm`` that are not the model's) at
     ``algorithm.rule_outer_lr``, as factors of the schedule's rate: a
     :class:`~distmeta.engine.learner.Learner`'s ``lr_factors``. None where the rule steps at
-    ``outer_lr`` (the config refuses ``rule_outer_lr`` where no model is meta-trained beside
-    a learned rule)."""
+    ``outer_lr`` (the config refuses ``rule_outer_lr`` for ``l2l``, which meta-trains the
+    rule alone)."""
     rate = config.algorithm.rule_outer_lr
     if rate is None:
         return {}
