@@ -202,6 +202,27 @@ def test_a_local_fleet_shares_the_meta_parameters_of_its_streams(stream_runs):
     assert not np.array_equal(single.records[0].loss["method"], result.records[0].loss["method"])
 
 
+def test_online_meta_updates_keep_a_learned_rule_at_its_own_rate(stream_runs, tmp_path):
+    """A Meta-SGD start meta-trained with ``rule_outer_lr`` keeps its rates at that fraction
+    of the online meta-rate: Adam moves each rate by about 1e-7 per meta-update here, the
+    network's weights by about 1e-3."""
+    rule = {"inner_rule": "metasgd", "outer_lr": 0.003, "rule_outer_lr": 3e-7}
+    raw = {**STREAM_BASE, "algorithm": {**STREAM_BASE["algorithm"], **rule}}
+    dm.train(parse_config(raw), run_dir=str(tmp_path / "metasgd"), progress=False)
+    runs = (str(tmp_path / "metasgd"), stream_runs[1])
+    config = stream_config(runs, steps=8, prolonged=False, meta_lr=1e-3)
+    start = load_start(config)
+    fleet = LocalFleet(config, start)
+    assert sorted(fleet.lr_factors) == sorted(n for n in start.meta_params if "inner_lr." in n)
+    assert list(fleet.lr_factors.values()) == pytest.approx([1e-4] * len(fleet.lr_factors))
+    learned = fleet.run(seed=3).meta_params["method"]
+    moves = {n: float((learned[n] - start.meta_params[n]).abs().max()) for n in learned}
+    rates = [move for name, move in moves.items() if name in fleet.lr_factors]
+    weights = [move for name, move in moves.items() if name not in fleet.lr_factors]
+    assert 0 < max(rates) <= 8 * 1e-7 * 1.01
+    assert max(weights) > 1e-3
+
+
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [

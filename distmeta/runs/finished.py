@@ -85,7 +85,9 @@ def fit_params(
     to 5-way ones.
     """
     template = algorithm.init_params()
-    shapes = dict(model.named_parameters()) if model is not None else template
+    # The model's parameters at ``model``'s shapes; a learned inner rule's own (Meta-SGD's
+    # rates, an LSTM's weights) at the algorithm's.
+    shapes = {**template, **(dict(model.named_parameters()) if model is not None else {})}
     if not isinstance(stored, dict) or set(stored) != set(template):
         return None
     learned = [name for name in template if name not in algorithm.zero_init]

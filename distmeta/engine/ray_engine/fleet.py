@@ -27,6 +27,7 @@ from distmeta.engine.fleet import (
     Progress,
     StreamRecord,
     meta_learned_names,
+    meta_lr_factors,
     params_of,
 )
 from distmeta.engine.layout import ParamLayout
@@ -67,6 +68,7 @@ class RayFleet:
             raise
         self._start_ref = ray.put(start)
         self._initial = self.layout.flatten(start.meta_params).numpy()
+        self._lr_factors = meta_lr_factors(config, start)
         self._learners: dict[str, Any] = {}
 
     def _learner(self, name: str) -> Any:
@@ -79,7 +81,9 @@ class RayFleet:
             actor = ray.remote(LearnerActor).options(
                 num_cpus=0, max_restarts=0, scheduling_strategy=learner_strategy()
             )
-            self._learners[name] = actor.remote(self.layout, self._initial, "adam", lr, {}, None)
+            self._learners[name] = actor.remote(
+                self.layout, self._initial, "adam", lr, self._lr_factors, None
+            )
         return self._learners[name]
 
     def _drop_learners(self) -> None:
