@@ -66,14 +66,14 @@ class Learner:
             raise ValueError(f"outer optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         # The tensors the optimizer steps: the buffer whole, or views of its named pieces
         # grouped by rate.
-        groups: dict[float, list[torch.Tensor]] = {1.0: [self.theta]}
+        groups: dict[float, list[torch.Tensor]] = {}
         if factors:
             self._stepped = torch.split(self.theta, layout.sizes)
-            groups = {}
             for name, view in zip(layout.names, self._stepped, strict=True):
                 groups.setdefault(factors.get(name, 1.0), []).append(view)
         else:
             self._stepped = (self.theta,)
+            groups[1.0] = [self.theta]
         self._group_factors = tuple(groups)
         self.optimizer = _OPTIMIZERS[optimizer](
             [{"params": tensors} for tensors in groups.values()], lr=self.schedule(0)
