@@ -177,7 +177,9 @@ def test_the_rule_rate_reaches_the_rules_parameters_only(tmp_path, tiny_sinusoid
         ({"name": "l2l", "inner_rule": "lstm"}, "l2l meta-trains the rule alone"),
     ],
 )
-def test_a_rule_rate_where_no_rule_learns_beside_a_model_is_refused(algorithm, problem):
+def test_a_rule_rate_is_refused_without_a_learned_rule_beside_a_model_joint_ignores_it(
+    algorithm, problem
+):
     with pytest.raises(ConfigError, match=problem):
         parse_config({"algorithm": {**algorithm, "rule_outer_lr": 1e-4}})
     # A stream config's joint start comes from the MAML run's own file: joint ignores it.
