@@ -11,7 +11,7 @@ one line in the registry of its kind here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from math import prod
 from typing import Any, Literal, Protocol, TypeVar
@@ -505,6 +505,10 @@ class OnlineStart:
     run_config: ExperimentConfig
     meta_params: Params
     joint_params: Params
+    meta_lr_factors: dict[str, float] = field(default_factory=dict)
+    """The learned rule's meta-parameters at their factor of ``stream.meta_lr``: the one
+    ``algorithm.rule_outer_lr`` gave them in meta-training (none without it), so online
+    meta-updates keep them at their own rate (Meta-SGD's rates diverge at the network's)."""
 
 
 def build_online_algorithm(run_config: ExperimentConfig, stream: Stream) -> MetaAlgorithm:

@@ -212,13 +212,13 @@ def test_online_meta_updates_keep_a_learned_rule_at_its_own_rate(stream_runs, tm
     runs = (str(tmp_path / "metasgd"), stream_runs[1])
     config = stream_config(runs, steps=8, prolonged=False, meta_lr=1e-3)
     start = load_start(config)
-    fleet = LocalFleet(config, start)
-    assert sorted(fleet.lr_factors) == sorted(n for n in start.meta_params if "inner_lr." in n)
-    assert list(fleet.lr_factors.values()) == pytest.approx([1e-4] * len(fleet.lr_factors))
-    learned = fleet.run(seed=3).meta_params["method"]
+    factors = start.meta_lr_factors
+    assert sorted(factors) == sorted(n for n in start.meta_params if "inner_lr." in n)
+    assert list(factors.values()) == pytest.approx([1e-4] * len(factors))
+    learned = LocalFleet(config, start).run(seed=3).meta_params["method"]
     moves = {n: float((learned[n] - start.meta_params[n]).abs().max()) for n in learned}
-    rates = [move for name, move in moves.items() if name in fleet.lr_factors]
-    weights = [move for name, move in moves.items() if name not in fleet.lr_factors]
+    rates = [move for name, move in moves.items() if name in factors]
+    weights = [move for name, move in moves.items() if name not in factors]
     assert 0 < max(rates) <= 8 * 1e-7 * 1.01
     assert max(weights) > 1e-3
 

@@ -25,14 +25,8 @@ from distmeta.algorithms.online import OnlineLearner, prequential_step
 from distmeta.config import ExperimentConfig
 from distmeta.engine.layout import ParamLayout
 from distmeta.engine.learner import Learner
-from distmeta.engine.schedule import rule_lr_factors
 from distmeta.errors import ConfigError
-from distmeta.experiment import (
-    OnlineStart,
-    build_learners,
-    build_online_algorithm,
-    build_stream,
-)
+from distmeta.experiment import OnlineStart, build_learners, build_stream
 from distmeta.tasks.stream import Stream
 
 __all__ = [
@@ -306,19 +300,11 @@ def meta_learned_names(config: ExperimentConfig, start: OnlineStart, seed: int) 
     return [name for name, learner in learners.items() if learner.meta_learned]
 
 
-def meta_lr_factors(config: ExperimentConfig, start: OnlineStart) -> dict[str, float]:
-    """The pretrained run's outer rates for its learned rule (``algorithm.rule_outer_lr``),
-    as factors of ``stream.meta_lr``: online meta-updates keep the rule's parameters at
-    their own rate, as meta-training did (Meta-SGD's rates diverge at the initialisation's)."""
-    algorithm = build_online_algorithm(start.run_config, build_stream(config, 0, 0))
-    return rule_lr_factors(start.run_config, algorithm)
-
-
 class LocalFleet:
     """Every stream in this process, in lockstep: at each time step every stream predicts,
     is scored and learns, then each meta-learned learner takes one Adam step (``stream.
-    meta_lr``; a learned rule's parameters at :func:`meta_lr_factors` of it) with the mean of
-    the streams' meta-gradients. The reference, and the default.
+    meta_lr``; a learned rule's parameters at the start's ``meta_lr_factors`` of it) with the
+    mean of the streams' meta-gradients. The reference, and the default.
 
     Args:
         config: The experiment, with its ``stream`` section.
@@ -328,7 +314,6 @@ class LocalFleet:
     def __init__(self, config: ExperimentConfig, start: OnlineStart):
         self.config, self.start = config, start
         self.layout = ParamLayout.of(start.meta_params)
-        self.lr_factors = meta_lr_factors(config, start)
 
     def run(self, seed: int, progress: Progress | None = None) -> FleetResult:
         spec = self.config.stream
@@ -338,7 +323,7 @@ class LocalFleet:
         ]
         initial = self.layout.flatten(self.start.meta_params)
         learners = {
-            name: Learner(self.layout, initial, "adam", spec.meta_lr, self.lr_factors)
+            name: Learner(self.layout, initial, "adam", spec.meta_lr, self.start.meta_lr_factors)
             for name, learner in lineups[0].items()
             if learner.meta_learned
         }

@@ -22,6 +22,7 @@ import numpy as np
 from distmeta.config import ExperimentConfig, config_to_dict
 from distmeta.engine.fleet import FleetResult, StreamRecord, build_fleet
 from distmeta.engine.rundir import RunDir
+from distmeta.engine.schedule import rule_lr_factors
 from distmeta.errors import ConfigError, RunError
 from distmeta.experiment import (
     BASELINES,
@@ -139,7 +140,8 @@ def load_start(config: ExperimentConfig) -> OnlineStart:
                 f"{stream.output_size} outputs (a classifier's head fits other numbers of "
                 "classes only when algorithm.zero_init names it)"
             )
-    return OnlineStart(pretrained.config, meta, joint_params)
+    factors = rule_lr_factors(pretrained.config, algorithm)
+    return OnlineStart(pretrained.config, meta, joint_params, factors)
 
 
 def _write(folder: RunDir, report: StreamReport, start: OnlineStart) -> None:

@@ -27,7 +27,6 @@ from distmeta.engine.fleet import (
     Progress,
     StreamRecord,
     meta_learned_names,
-    meta_lr_factors,
     params_of,
 )
 from distmeta.engine.layout import ParamLayout
@@ -68,7 +67,6 @@ class RayFleet:
             raise
         self._start_ref = ray.put(start)
         self._initial = self.layout.flatten(start.meta_params).numpy()
-        self._lr_factors = meta_lr_factors(config, start)
         self._learners: dict[str, Any] = {}
 
     def _learner(self, name: str) -> Any:
@@ -82,7 +80,7 @@ class RayFleet:
                 num_cpus=0, max_restarts=0, scheduling_strategy=learner_strategy()
             )
             self._learners[name] = actor.remote(
-                self.layout, self._initial, "adam", lr, self._lr_factors, None
+                self.layout, self._initial, "adam", lr, self.start.meta_lr_factors, None
             )
         return self._learners[name]
 
