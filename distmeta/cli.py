@@ -298,6 +298,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict()))
     else:
         Console().print(_stream_table(report))
+    _warn_nonfinite(report)
     rate = sum(result.stream_steps_per_s for result in report.results) / len(report.results)
     _err.print(
         f"[green]done[/]: {total} stream steps in {time.perf_counter() - began:.1f} s "
@@ -306,6 +307,22 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def _warn_nonfinite(report: StreamReport) -> None:
+    """A warning on stderr for each learner with steps whose loss is not finite: its means
+    are then ``inf`` or ``nan``, and the count says whether that was one step or most."""
+    spec = report.config.stream
+    rows = {spec.method: report.method, "oracle": report.oracle, **report.baselines}
+    steps = len(report.seeds) * spec.streams * spec.steps
+    for name, summary in rows.items():
+        count = round(summary.nonfinite_steps.mean * len(report.seeds))
+        if count:
+            _err.print(
+                f"[yellow]warning[/]: {name}: {count} of {steps} stream steps had a loss that "
+                "is not finite (it diverged); its means include them",
+                soft_wrap=True,
+            )
 
 
 def _stream_progress() -> Progress:

@@ -182,6 +182,17 @@ def test_summary_definitions_on_a_known_record():
     assert summary.loss_after_switch_by_visit is None
     assert interval([1.0, float("inf")]).mean == math.inf
     assert interval([2.0]).ci95 == 0.0
+    assert summary.nonfinite_steps.mean == 0
+
+
+def test_steps_whose_loss_is_not_finite_are_counted_per_seed():
+    diverged = {"a": [1.0, 1e30, math.inf, math.nan, math.inf, 2.0], "oracle": [1.0] * 6}
+    records = [_record(diverged, [0] * 6), _record({"a": [1.0] * 6, "oracle": [1.0] * 6}, [0] * 6)]
+    summary = summarize([records[:1], records[1:]], "a", ("in", "out1", "out2"), switch_window=2)
+    # A NaN loss is a diverged learner: the seed's means are infinite, not left out.
+    assert [summary.nonfinite_steps.mean, summary.mean_loss.mean] == [1.5, math.inf]
+    assert summary.regret.mean == math.inf
+    assert summary.to_dict()["nonfinite_steps"] == 1.5
 
 
 def test_a_local_fleet_shares_the_meta_parameters_of_its_streams(stream_runs):
@@ -277,6 +288,20 @@ def test_cli_json_is_the_last_line_and_holds_exactly_the_report(stream_runs, tmp
     assert main(["stream", str(config), "--no-progress", "--run-dir", str(tmp_path / "t")]) == 0
     table = capsys.readouterr().out
     assert "frozen_meta" in table and "no_adaptation" in table and "ftml" not in table
+
+
+def test_cli_warns_of_a_learner_whose_loss_stopped_being_finite(stream_runs, tmp_path, capsys):
+    """A fine-tuning rate far too large makes ``finetune`` diverge: the table's means are then
+    not numbers, and a warning says which learner and on how many steps."""
+    config = _write_config(tmp_path / "stream.yaml", stream_runs, finetune_lr=1e12)
+    arguments = ["stream", str(config), "--no-progress", "--json", "--run-dir", str(tmp_path / "s")]
+    assert main(arguments) == 0
+    captured = capsys.readouterr()
+    entry = json.loads(captured.out.strip().splitlines()[-1])
+    count = entry["baselines"]["finetune"]["nonfinite_steps"]
+    assert 0 < count <= 8 and entry["baselines"]["frozen_meta"]["nonfinite_steps"] == 0
+    assert f"finetune: {count:.0f} of 8 stream steps had a loss that is not finite" in captured.err
+    assert "frozen_meta:" not in captured.err
 
 
 def test_cli_refuses_bad_input_in_one_line(stream_runs, tmp_path, capsys):

@@ -17,6 +17,10 @@ Definitions (every number is over steps scored before their labels were revealed
   steps of the learner's loss minus the oracle's.
 - ``switch_detection``: precision, recall and F1 of the steps a learner declared a switch
   against the true switches (step 0 excluded: nothing came before it).
+- ``nonfinite_steps``: the steps whose loss is infinite or NaN (a learner that diverged),
+  summed over the streams of a seed. A NaN loss counts as infinite in the means above, so
+  any such step makes them infinite; the count says how many there were, as
+  ``distmeta eval`` counts diverged tasks.
 - ``recovery_by_visit`` and ``loss_after_switch_by_visit``: recovery, and the loss after
   the switch, on the first and on the second visit of each task that comes back (streams
   whose tasks recur: pendulum regimes), over the tasks whose two visits both began at a
@@ -146,6 +150,7 @@ class LearnerSummary:
     recovered: Interval
     loss_after_switch: Interval
     regret: Interval
+    nonfinite_steps: Interval
     loss_over_time: list[float]
     """Mean loss in each of 20 equal spans of the stream (all streams and seeds)."""
     mean_accuracy: Interval | None = None
@@ -184,6 +189,13 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def _diverged_as_infinite(loss: np.ndarray) -> np.ndarray:
+    """A NaN loss is a learner that diverged, infinitely wrong: as ``inf`` it makes the
+    seed's means infinite, where a NaN mean would read as undefined and :func:`interval`
+    would leave the seed out (a diverged seed silently dropped from the report)."""
+    return np.where(np.isnan(loss), np.inf, loss)
+
+
 def _plain(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
@@ -210,7 +222,7 @@ def summarize(
         per_seed.setdefault(key, []).append(value)
 
     for records in seeds:
-        loss = np.concatenate([r.loss[name] for r in records])
+        loss = _diverged_as_infinite(np.concatenate([r.loss[name] for r in records]))
         mode = np.concatenate([r.mode for r in records])
         add("mean_loss", float(loss.mean()))
         for number, mode_name in enumerate(mode_names):
@@ -230,8 +242,11 @@ def summarize(
         ):
             add(f"visit:{label}", _mean([f.steps for f in visits]))
             add(f"after_visit:{label}", _mean([f.loss_after for f in visits]))
-        regret = [float((r.loss[name] - r.loss[oracle]).sum()) for r in records]
+        regret = [
+            float((_diverged_as_infinite(r.loss[name]) - r.loss[oracle]).sum()) for r in records
+        ]
         add("regret", float(np.mean(regret)))
+        add("nonfinite_steps", float((~np.isfinite(loss)).sum()))
         if records[0].accuracy:
             accuracy = np.concatenate([r.accuracy[name] for r in records])
             add("mean_accuracy", float(accuracy.mean()))
@@ -259,6 +274,7 @@ def summarize(
         recovered=interval(per_seed["recovered"]),
         loss_after_switch=interval(per_seed["loss_after_switch"]),
         regret=interval(per_seed["regret"]),
+        nonfinite_steps=interval(per_seed["nonfinite_steps"]),
         loss_over_time=[
             float(part.mean()) for part in np.array_split(curve, min(_CURVE_BINS, len(curve)))
         ],
