@@ -667,6 +667,11 @@ class _StreamSection(_Section):
     """C-MAML: a second look at each switch test on the next batch: the hypothesis the test
     did not take (a switch, or none) replaces the one it took when its weights predict the
     next batch with a loss below ``revise`` times the fast weights' (``None``: tests stand)."""
+    prolong_lr: PositiveFloat | None = None
+    """C-MAML: the prolonged adaptation (``prolonged``) takes Adam's steps at this rate, from a
+    fresh Adam state at each batch, instead of the inner rule's (``None``): the fitting of a
+    task over the batches it lasts is not the few-step adaptation the start was meta-trained
+    for."""
     meta_lr: PositiveFloat = 1e-4
     """Adam's learning rate for the online meta-updates."""
     adapt_steps: PositiveInt | None = None
@@ -711,9 +716,14 @@ class _StreamSection(_Section):
 
     @model_validator(mode="after")
     def _cmaml_options(self) -> _StreamSection:
-        """``memory``, ``library`` and ``revise`` are C-MAML's: refused for another method
-        rather than ignored."""
-        keys = ("memory", "library", "revise")
+        """``memory``, ``library``, ``revise`` and ``prolong_lr`` are C-MAML's: refused for
+        another method rather than ignored, and ``prolong_lr`` without ``prolonged``."""
+        if self.prolong_lr is not None and not self.prolonged:
+            raise ValueError(
+                f"prolong_lr: {self.prolong_lr} is the rate of prolonged adaptation, and "
+                "prolonged is false (set prolonged: true, or leave prolong_lr unset)"
+            )
+        keys = ("memory", "library", "revise", "prolong_lr")
         defaults = {key: type(self).model_fields[key].default for key in keys}
         values = {key: getattr(self, key) for key in defaults}
         changed = {key: value for key, value in values.items() if value != defaults[key]}

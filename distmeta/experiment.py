@@ -535,6 +535,7 @@ ONLINE_METHODS: dict[
         memory=spec.memory,
         library=spec.library,
         revise=spec.revise,
+        prolong_lr=spec.prolong_lr,
     ),
     "ftml": lambda spec, algorithm, rng, told: FTML(
         algorithm,

@@ -177,6 +177,34 @@ def test_cmaml_prolonged_adaptation_keeps_adapting_and_fresh_restarts_each_step(
         torch.testing.assert_close(fresh.fast[name], one_step[name])
 
 
+def test_cmaml_prolongs_with_adam_at_prolong_lr_from_a_fresh_state_each_batch():
+    """With ``prolong_lr`` the fast weights go on by Adam's steps (as many as the inner loop's)
+    on each batch of the task, each batch from a fresh Adam state: the reference is
+    ``torch.optim.Adam`` on an ``nn.Linear`` holding the same weights. The first batch and
+    the restarts are still the inner loop's."""
+    algorithm = _linear_algorithm(inner_steps=3)
+    meta = _zero(algorithm)
+    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0, prolong_lr=0.05)
+    reference = torch.nn.Linear(1, 1)
+    for step, batch in enumerate(_slopes([1.5] * 4)):
+        learner.observe(meta, batch.x, batch.y)
+        if step == 0:
+            expected = algorithm.adapt(meta, batch.x, batch.y)
+            with torch.no_grad():
+                reference.weight.copy_(expected["net.0.weight"])
+                reference.bias.copy_(expected["net.0.bias"])
+        else:
+            adam = torch.optim.Adam(reference.parameters(), lr=0.05)
+            for _ in range(3):
+                adam.zero_grad()
+                F.mse_loss(reference(batch.x), batch.y).backward()
+                adam.step()
+        torch.testing.assert_close(learner.fast["net.0.weight"], reference.weight.detach())
+        torch.testing.assert_close(learner.fast["net.0.bias"], reference.bias.detach())
+    with pytest.raises(ValueError, match="prolong_lr"):
+        CMAML(algorithm, gamma=1.0, lambda_=1.0, prolong_lr=0.0)
+
+
 @pytest.mark.parametrize("prolonged", [True, False])
 def test_cmaml_with_memory_adapts_on_the_current_tasks_latest_batches_together(prolonged):
     algorithm = _linear_algorithm()

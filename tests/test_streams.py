@@ -365,6 +365,9 @@ def test_stream_configs_build_their_streams_and_pendulum_its_task_source(marked_
         ({"stream": {"method": "ftml", "revise": 0.5}}, "revise: 0.5 apply to method cmaml only"),
         ({"stream": {"library": -1}}, "stream.library"),
         ({"stream": {"revise": 0}}, "stream.revise"),
+        ({"stream": {"method": "ftml", "prolong_lr": 0.01}}, "prolong_lr: 0.01 apply to method"),
+        ({"stream": {"prolonged": False, "prolong_lr": 0.01}}, "prolonged is false"),
+        ({"stream": {"prolong_lr": 0}}, "stream.prolong_lr"),
         ({"stream": {"points": 10, "transitions": 16}}, "stream.transitions: unknown key"),
         ({"stream": {"ood_amplitude": [10, 5]}}, "ood_amplitude must be"),
         (

@@ -57,7 +57,12 @@ class CMAML:
         same way): a task that holds for many steps is fitted on more of its data. Prolonged
         steps that raise the fast weights' loss on their own support set (the inner rate
         overshooting on a steep task) are rejected, and an adaptation afresh from the
-        meta-parameters on that set replaces the fast weights if it fits it better.
+        meta-parameters on that set replaces the fast weights if it fits it better. With
+        ``prolong_lr``, those prolonged steps are Adam's at that rate (from a fresh Adam state
+        at each batch) instead of the inner rule's: the inner rule and its rate are what the
+        start was meta-trained to adapt with in a few steps, while fitting a task over the
+        many batches it lasts, out-of-distribution tasks above all, is ordinary training,
+        where a per-coordinate step size fits the slow directions sooner.
 
         With a ``library`` of past tasks (tasks that come back: a robot's regimes), the fast
         weights of each task left at a detected switch are kept (the ``library`` most recently
@@ -89,6 +94,7 @@ class CMAML:
         prolonged: Keep adapting the fast weights while no switch is detected.
         steps: Inner steps of each adaptation (``None``: the algorithm's own).
         memory: Batches of the current task that the fast weights adapt on.
+        prolong_lr: Adam's rate for the prolonged steps (``None``: the inner rule's steps).
         library: Past tasks whose fast weights are remembered (0: none).
         revise: Ratio of the second look at each switch test (``None``: none).
         told_switches: Use the true switches (the oracle).
@@ -117,6 +123,7 @@ class CMAML:
         memory: int = 1,
         library: int = 0,
         revise: float | None = None,
+        prolong_lr: float | None = None,
     ):
         if not lambda_ > 0:
             raise ValueError(f"lambda must be positive, got {lambda_}")
@@ -128,6 +135,9 @@ class CMAML:
         self.prolonged, self.steps, self.told_switches = prolonged, steps, told_switches
         if revise is not None and not revise > 0:
             raise ValueError(f"revise is a positive ratio or None, got {revise}")
+        if prolong_lr is not None and not prolong_lr > 0:
+            raise ValueError(f"prolong_lr is a positive rate or None, got {prolong_lr}")
+        self.prolong_lr = prolong_lr
         self.memory, self.library, self.revise = memory, library, revise
         self.alternative: _Hypothesis | None = None
         """The hypothesis about the previous batch that the switch test did not take,
@@ -250,12 +260,30 @@ class CMAML:
         if not self.prolonged:
             return afresh if afresh is not None else algorithm.adapt(meta, x, y, self.steps)
         before = loss_of(algorithm, fast, x, y)
-        further = algorithm.adapt_further(meta, fast, x, y, self.steps)
+        further = self._prolong(meta, fast, x, y)
         if loss_of(algorithm, further, x, y) <= before:
             return further
         if afresh is None:
             afresh = algorithm.adapt(meta, x, y, self.steps)
         return afresh if loss_of(algorithm, afresh, x, y) < before else fast
+
+    def _prolong(
+        self, meta: Params | None, fast: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> Params:
+        """``fast`` after the prolonged steps on ``(x, y)``: the inner rule's, or with
+        ``prolong_lr`` Adam's (its state fresh: nothing to carry between batches or
+        processes)."""
+        algorithm = self.algorithm
+        if self.prolong_lr is None:
+            return algorithm.adapt_further(meta, fast, x, y, self.steps)
+        weights = {name: p.detach().clone().requires_grad_() for name, p in fast.items()}
+        optimizer = torch.optim.Adam(weights.values(), lr=self.prolong_lr)
+        with torch.enable_grad():
+            for _ in range(algorithm.inner_steps if self.steps is None else self.steps):
+                optimizer.zero_grad()
+                algorithm.loss_fn(algorithm.forward(weights, x), y).backward()
+                optimizer.step()
+        return {name: p.detach() for name, p in weights.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {
