@@ -311,7 +311,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 def _warn_nonfinite(report: StreamReport) -> None:
     """A warning on stderr for each learner with steps whose loss is not finite: its means
-    are then ``inf`` or ``nan``, and the count says whether that was one step or most."""
+    are then infinite, and the count says whether that was one step or most."""
     spec = report.config.stream
     rows = {spec.method: report.method, "oracle": report.oracle, **report.baselines}
     steps = len(report.seeds) * spec.streams * spec.steps

@@ -61,8 +61,9 @@ class CMAML:
         ``prolong_lr``, those prolonged steps are Adam's at that rate (from a fresh Adam state
         at each batch) instead of the inner rule's: the inner rule and its rate are what the
         start was meta-trained to adapt with in a few steps, while fitting a task over the
-        many batches it lasts, out-of-distribution tasks above all, is ordinary training,
-        where a per-coordinate step size fits the slow directions sooner.
+        many batches it lasts, out-of-distribution tasks above all, is ordinary training
+        (on the sinusoid stream Adam's per-coordinate steps fitted the frequency mode's tasks
+        sooner: BENCHMARKS.md, "Streams", stop 37).
 
         With a ``library`` of past tasks (tasks that come back: a robot's regimes), the fast
         weights of each task left at a detected switch are kept (the ``library`` most recently
@@ -94,9 +95,9 @@ class CMAML:
         prolonged: Keep adapting the fast weights while no switch is detected.
         steps: Inner steps of each adaptation (``None``: the algorithm's own).
         memory: Batches of the current task that the fast weights adapt on.
-        prolong_lr: Adam's rate for the prolonged steps (``None``: the inner rule's steps).
         library: Past tasks whose fast weights are remembered (0: none).
         revise: Ratio of the second look at each switch test (``None``: none).
+        prolong_lr: Adam's rate for the prolonged steps (``None``: the inner rule's steps).
         told_switches: Use the true switches (the oracle).
 
     References:
