@@ -32,6 +32,7 @@ from distmeta.runs import (
     load_run,
     train,
 )
+from distmeta.runs.stream_metrics import LearnerSummary
 
 __all__ = ["main"]
 
@@ -225,6 +226,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # --- distmeta stream ----------------------------------------------------------------------
 
 
+def _learner_rows(report: StreamReport) -> dict[str, LearnerSummary]:
+    """Every learner's summary by the name the table and the warnings show: the method's
+    own name, ``oracle``, then the baselines."""
+    return {report.config.stream.method: report.method, "oracle": report.oracle, **report.baselines}
+
+
 def _stream_table(report: StreamReport) -> Table:
     """One row per learner: online loss (accuracy for classification) overall, with its 95 %
     interval over seeds, and per mode; recovery steps, regret and switch detection F1."""
@@ -233,7 +240,7 @@ def _stream_table(report: StreamReport) -> Table:
         title=f"online {spec.name} stream: {len(report.seeds)} seed(s), "
         f"{spec.streams} stream(s) of {spec.steps} steps"
     )
-    rows = {spec.method: report.method, "oracle": report.oracle, **report.baselines}
+    rows = _learner_rows(report)
     classification = report.method.mean_accuracy is not None
     table.add_column("learner", no_wrap=True)
     table.add_column("accuracy %" if classification else "mean loss", justify="right")
@@ -313,9 +320,8 @@ def _warn_nonfinite(report: StreamReport) -> None:
     """A warning on stderr for each learner with steps whose loss is not finite: its means
     are then infinite, and the count says whether that was one step or most."""
     spec = report.config.stream
-    rows = {spec.method: report.method, "oracle": report.oracle, **report.baselines}
     steps = len(report.seeds) * spec.streams * spec.steps
-    for name, summary in rows.items():
+    for name, summary in _learner_rows(report).items():
         count = round(summary.nonfinite_steps.mean * len(report.seeds))
         if count:
             _err.print(

@@ -222,7 +222,8 @@ def summarize(
         per_seed.setdefault(key, []).append(value)
 
     for records in seeds:
-        loss = _diverged_as_infinite(np.concatenate([r.loss[name] for r in records]))
+        losses = [_diverged_as_infinite(r.loss[name]) for r in records]
+        loss = np.concatenate(losses)
         mode = np.concatenate([r.mode for r in records])
         add("mean_loss", float(loss.mean()))
         for number, mode_name in enumerate(mode_names):
@@ -243,7 +244,7 @@ def summarize(
             add(f"visit:{label}", _mean([f.steps for f in visits]))
             add(f"after_visit:{label}", _mean([f.loss_after for f in visits]))
         regret = [
-            float((_diverged_as_infinite(r.loss[name]) - r.loss[oracle]).sum()) for r in records
+            float((own - r.loss[oracle]).sum()) for own, r in zip(losses, records, strict=True)
         ]
         add("regret", float(np.mean(regret)))
         add("nonfinite_steps", float((~np.isfinite(loss)).sum()))
