@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,14 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from free_ports import free_ports
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -55,26 +49,27 @@ def ray_head(tmp_path_factory):
         RAY_AUTH_TOKEN=secrets.token_hex(16),
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
     )
-    dashboard = _free_port()
+    dashboard, gcs, agent_http, agent_grpc, metrics, runtime_env, client = free_ports(7)
     command = [
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-        f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         "--disable-usage-stats", "--num-cpus=2",
         # Ray's fixed default ports would collide with the session's test cluster: its job
         # agent then never comes up ("No available agent to submit job").
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
-        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--ray-client-server-port={client}",
     ]  # fmt: skip
-    log = (folder / "head.log").open("w")
+    log_path = folder / "head.log"
+    log = log_path.open("w")
     head = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        _wait_for_dashboard(address, env, head)
+        _wait_for_dashboard(address, env, head, log_path)
         yield {"address": address, "env": env}
     finally:
         _stop_group(head)
@@ -82,7 +77,9 @@ def ray_head(tmp_path_factory):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def _wait_for_dashboard(address: str, env: dict, head: subprocess.Popen, timeout_s=90.0) -> None:
+def _wait_for_dashboard(
+    address: str, env: dict, head: subprocess.Popen, log: Path, timeout_s=90.0
+) -> None:
     probe = (
         "import sys; from ray.job_submission import JobSubmissionClient as C;"
         "C(sys.argv[1]).get_version()"
@@ -90,7 +87,8 @@ def _wait_for_dashboard(address: str, env: dict, head: subprocess.Popen, timeout
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if head.poll() is not None:
-            raise RuntimeError("ray start exited early")
+            tail = "\n".join(log.read_text().splitlines()[-5:])
+            raise RuntimeError(f"ray start exited early; the end of its log:\n{tail}")
         done = subprocess.run([sys.executable, "-c", probe, address], env=env, capture_output=True)
         if done.returncode == 0:
             return

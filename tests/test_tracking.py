@@ -25,11 +25,11 @@ import pytest
 import torch
 import yaml
 from conftest import StopAt
+from free_ports import free_port as _free_port
 from imagesets import synthetic_image_set
 from mlflow import MlflowClient
 from mlflow_service import MLFLOW
 from mlflow_service import environment as _environment
-from mlflow_service import free_port as _free_port
 from mlflow_service import service as _service
 
 import distmeta as dm
