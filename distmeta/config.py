@@ -672,6 +672,10 @@ class _StreamSection(_Section):
     fresh Adam state at each batch, instead of the inner rule's (``None``): the fitting of a
     task over the batches it lasts is not the few-step adaptation the start was meta-trained
     for."""
+    prolong_steps: PositiveInt | None = None
+    """C-MAML: steps of each prolonged adaptation (``prolonged``), the inner rule's or Adam's
+    (``prolong_lr``); ``None``: as many as ``adapt_steps``. A task fitted over many batches
+    can take more steps per batch than a restart's few-step adaptation."""
     meta_lr: PositiveFloat = 1e-4
     """Adam's learning rate for the online meta-updates."""
     adapt_steps: PositiveInt | None = None
@@ -716,14 +720,17 @@ class _StreamSection(_Section):
 
     @model_validator(mode="after")
     def _cmaml_options(self) -> _StreamSection:
-        """``memory``, ``library``, ``revise`` and ``prolong_lr`` are C-MAML's: refused for
-        another method rather than ignored, and ``prolong_lr`` without ``prolonged``."""
-        if self.prolong_lr is not None and not self.prolonged:
-            raise ValueError(
-                f"prolong_lr: {self.prolong_lr} is the rate of prolonged adaptation, and "
-                "prolonged is false (set prolonged: true, or leave prolong_lr unset)"
-            )
-        keys = ("memory", "library", "revise", "prolong_lr")
+        """``memory``, ``library``, ``revise``, ``prolong_lr`` and ``prolong_steps`` are
+        C-MAML's: refused for another method rather than ignored, and the two ``prolong_``
+        keys without ``prolonged``."""
+        for key, meaning in (("prolong_lr", "rate"), ("prolong_steps", "step count")):
+            value = getattr(self, key)
+            if value is not None and not self.prolonged:
+                raise ValueError(
+                    f"{key}: {value} is the {meaning} of prolonged adaptation, and "
+                    f"prolonged is false (set prolonged: true, or leave {key} unset)"
+                )
+        keys = ("memory", "library", "revise", "prolong_lr", "prolong_steps")
         defaults = {key: type(self).model_fields[key].default for key in keys}
         values = {key: getattr(self, key) for key in defaults}
         changed = {key: value for key, value in values.items() if value != defaults[key]}

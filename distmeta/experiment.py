@@ -536,6 +536,7 @@ ONLINE_METHODS: dict[
         library=spec.library,
         revise=spec.revise,
         prolong_lr=spec.prolong_lr,
+        prolong_steps=spec.prolong_steps,
     ),
     "ftml": lambda spec, algorithm, rng, told: FTML(
         algorithm,

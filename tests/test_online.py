@@ -177,14 +177,17 @@ def test_cmaml_prolonged_adaptation_keeps_adapting_and_fresh_restarts_each_step(
         torch.testing.assert_close(fresh.fast[name], one_step[name])
 
 
-def test_cmaml_prolongs_with_adam_at_prolong_lr_from_a_fresh_state_each_batch():
-    """With ``prolong_lr`` the fast weights go on by Adam's steps (as many as the inner loop's)
-    on each batch of the task, each batch from a fresh Adam state: the reference is
-    ``torch.optim.Adam`` on an ``nn.Linear`` holding the same weights. The first batch and
-    the restarts are still the inner loop's."""
+@pytest.mark.parametrize(("prolong_steps", "adam_steps"), [(None, 3), (7, 7)])
+def test_cmaml_prolongs_with_adam_at_prolong_lr_from_a_fresh_state_each_batch(
+    prolong_steps, adam_steps
+):
+    """With ``prolong_lr`` the fast weights go on by Adam's steps (``prolong_steps`` of them,
+    or as many as the inner loop's) on each batch of the task, each batch from a fresh Adam
+    state: the reference is ``torch.optim.Adam`` on an ``nn.Linear`` holding the same
+    weights. The first batch and the restarts are still the inner loop's three steps."""
     algorithm = _linear_algorithm(inner_steps=3)
     meta = _zero(algorithm)
-    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0, prolong_lr=0.05)
+    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0, prolong_lr=0.05, prolong_steps=prolong_steps)
     reference = torch.nn.Linear(1, 1)
     for step, batch in enumerate(_slopes([1.5] * 4)):
         learner.observe(meta, batch.x, batch.y)
@@ -195,7 +198,7 @@ def test_cmaml_prolongs_with_adam_at_prolong_lr_from_a_fresh_state_each_batch():
                 reference.bias.copy_(expected["net.0.bias"])
         else:
             adam = torch.optim.Adam(reference.parameters(), lr=0.05)
-            for _ in range(3):
+            for _ in range(adam_steps):
                 adam.zero_grad()
                 F.mse_loss(reference(batch.x), batch.y).backward()
                 adam.step()
@@ -203,6 +206,8 @@ def test_cmaml_prolongs_with_adam_at_prolong_lr_from_a_fresh_state_each_batch():
         torch.testing.assert_close(learner.fast["net.0.bias"], reference.bias.detach())
     with pytest.raises(ValueError, match="prolong_lr"):
         CMAML(algorithm, gamma=1.0, lambda_=1.0, prolong_lr=0.0)
+    with pytest.raises(ValueError, match="prolong_steps"):
+        CMAML(algorithm, gamma=1.0, lambda_=1.0, prolong_steps=0)
 
 
 @pytest.mark.parametrize("prolonged", [True, False])

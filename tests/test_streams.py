@@ -368,6 +368,9 @@ def test_stream_configs_build_their_streams_and_pendulum_its_task_source(marked_
         ({"stream": {"method": "ftml", "prolong_lr": 0.01}}, "prolong_lr: 0.01 apply to method"),
         ({"stream": {"prolonged": False, "prolong_lr": 0.01}}, "prolonged is false"),
         ({"stream": {"prolong_lr": 0}}, "stream.prolong_lr"),
+        ({"stream": {"method": "ftml", "prolong_steps": 20}}, "prolong_steps: 20 apply to"),
+        ({"stream": {"prolonged": False, "prolong_steps": 20}}, "step count of prolonged"),
+        ({"stream": {"prolong_steps": 0}}, "stream.prolong_steps"),
         ({"stream": {"points": 10, "transitions": 16}}, "stream.transitions: unknown key"),
         ({"stream": {"ood_amplitude": [10, 5]}}, "ood_amplitude must be"),
         (

@@ -98,6 +98,7 @@ class CMAML:
         library: Past tasks whose fast weights are remembered (0: none).
         revise: Ratio of the second look at each switch test (``None``: none).
         prolong_lr: Adam's rate for the prolonged steps (``None``: the inner rule's steps).
+        prolong_steps: Steps of each prolonged adaptation (``None``: as ``steps``).
         told_switches: Use the true switches (the oracle).
 
     References:
@@ -125,6 +126,7 @@ class CMAML:
         library: int = 0,
         revise: float | None = None,
         prolong_lr: float | None = None,
+        prolong_steps: int | None = None,
     ):
         if not lambda_ > 0:
             raise ValueError(f"lambda must be positive, got {lambda_}")
@@ -138,7 +140,10 @@ class CMAML:
             raise ValueError(f"revise is a positive ratio or None, got {revise}")
         if prolong_lr is not None and not prolong_lr > 0:
             raise ValueError(f"prolong_lr is a positive rate or None, got {prolong_lr}")
+        if prolong_steps is not None and prolong_steps < 1:
+            raise ValueError(f"prolong_steps is a positive count or None, got {prolong_steps}")
         self.prolong_lr = prolong_lr
+        self.prolong_steps = steps if prolong_steps is None else prolong_steps
         self.memory, self.library, self.revise = memory, library, revise
         self.alternative: _Hypothesis | None = None
         """The hypothesis about the previous batch that the switch test did not take,
@@ -271,16 +276,17 @@ class CMAML:
     def _prolong(
         self, meta: Params | None, fast: Params, x: torch.Tensor, y: torch.Tensor
     ) -> Params:
-        """``fast`` after the prolonged steps on ``(x, y)``: the inner rule's, or with
-        ``prolong_lr`` Adam's (its state fresh: nothing to carry between batches or
+        """``fast`` after the ``prolong_steps`` prolonged steps on ``(x, y)``: the inner rule's,
+        or with ``prolong_lr`` Adam's (its state fresh: nothing to carry between batches or
         processes)."""
         algorithm = self.algorithm
+        steps = self.prolong_steps
         if self.prolong_lr is None:
-            return algorithm.adapt_further(meta, fast, x, y, self.steps)
+            return algorithm.adapt_further(meta, fast, x, y, steps)
         weights = {name: p.detach().clone().requires_grad_() for name, p in fast.items()}
         optimizer = torch.optim.Adam(weights.values(), lr=self.prolong_lr)
         with torch.enable_grad():
-            for _ in range(algorithm.inner_steps if self.steps is None else self.steps):
+            for _ in range(algorithm.inner_steps if steps is None else steps):
                 optimizer.zero_grad()
                 algorithm.loss_fn(algorithm.forward(weights, x), y).backward()
                 optimizer.step()
