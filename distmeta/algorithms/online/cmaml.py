@@ -143,7 +143,9 @@ class CMAML:
         if prolong_steps is not None and prolong_steps < 1:
             raise ValueError(f"prolong_steps is a positive count or None, got {prolong_steps}")
         self.prolong_lr = prolong_lr
-        self.prolong_steps = steps if prolong_steps is None else prolong_steps
+        if prolong_steps is None:
+            prolong_steps = algorithm.inner_steps if steps is None else steps
+        self.prolong_steps = prolong_steps
         self.memory, self.library, self.revise = memory, library, revise
         self.alternative: _Hypothesis | None = None
         """The hypothesis about the previous batch that the switch test did not take,
@@ -280,13 +282,12 @@ class CMAML:
         or with ``prolong_lr`` Adam's (its state fresh: nothing to carry between batches or
         processes)."""
         algorithm = self.algorithm
-        steps = self.prolong_steps
         if self.prolong_lr is None:
-            return algorithm.adapt_further(meta, fast, x, y, steps)
+            return algorithm.adapt_further(meta, fast, x, y, self.prolong_steps)
         weights = {name: p.detach().clone().requires_grad_() for name, p in fast.items()}
         optimizer = torch.optim.Adam(weights.values(), lr=self.prolong_lr)
         with torch.enable_grad():
-            for _ in range(algorithm.inner_steps if steps is None else steps):
+            for _ in range(self.prolong_steps):
                 optimizer.zero_grad()
                 algorithm.loss_fn(algorithm.forward(weights, x), y).backward()
                 optimizer.step()
