@@ -250,12 +250,15 @@ class LSTMRuleConfig(_Section):
     direct: bool = False
     """The output also reads the features through a linear path around the LSTM (zero at
     first): with ``momenta``, the rule can start from a momentum method and learn what to add."""
-    start: Literal["sgd", "adam"] | None = None
+    start: Literal["sgd", "adam", "metasgd"] | None = None
     """What the untrained rule is: ``null``, the randomly initialised LSTM (the paper's), or
-    ``sgd`` / ``adam`` at ``start_lr``: the direct path carries the raw gradient (needs
-    ``preprocess: false``) or the normalised momentum at 0.9 (needs 0.9 in ``momenta``), and
-    the LSTM's output layer starts at zero, so meta-training begins from that optimizer and
-    learns what to add. Needs ``direct: true``."""
+    ``sgd`` / ``adam`` / ``metasgd`` at ``start_lr``, with the LSTM's output layer at zero, so
+    meta-training begins from that optimizer and learns what to add. ``sgd`` and ``adam`` need
+    ``direct: true``: the direct path carries the raw gradient (needs ``preprocess: false``)
+    or the normalised momentum at 0.9 (needs 0.9 in ``momenta``). ``metasgd`` adds Meta-SGD's
+    learned rate per coordinate of the network on its raw gradient, meta-trained with the LSTM
+    (MAML and Reptile: the rates belong to the network, so ``LearnedOptimizer`` cannot carry
+    them to another model, and ``l2l`` refuses them)."""
     start_lr: PositiveFloat = 0.01
     """The rate of the ``start`` optimizer (say, the best tuned rate on training problems)."""
     zero_out_bias: bool = False
@@ -925,6 +928,11 @@ class ExperimentConfig(_Section):
                     if algorithm.inner_rule == "sgd"
                     else "l2l meta-trains the rule alone (use outer_lr)"
                 )
+            )
+        if algorithm.name == "l2l" and algorithm.lstm.start == "metasgd":
+            raise ValueError(
+                "algorithm.lstm.start: metasgd learns a rate for each coordinate of one "
+                "network; l2l trains a rule for every problem of a family (use sgd or adam)"
             )
         if algorithm.name == "fomaml" and algorithm.inner_rule == "lstm":
             raise ValueError(

@@ -100,8 +100,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     Raises:
         RunError: ``run`` holds no learned optimizer.
-        ValueError: Neither or both of ``run`` and ``rule`` given, or ``weights`` that do not
-            fit ``rule``.
+        ValueError: Neither or both of ``run`` and ``rule`` given, ``weights`` that do not
+            fit ``rule``, or a rule started as ``metasgd`` (its rates belong to one network).
 
     Example:
         >>> model = torch.nn.Linear(10, 1)
@@ -126,6 +126,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             rule, weights = load_learned_rule(run)
         if not isinstance(rule, LSTMRule):
             raise TypeError(f"rule must be an LSTMRule, got {type(rule).__name__}")
+        if rule.rates:
+            raise ValueError(
+                "this rule was started as metasgd: it learned a rate for each coordinate of "
+                "the network it was meta-trained with, and cannot train another model"
+            )
         expected = {n: p.shape for n, p in rule.meta_params({"p": torch.zeros(1)}).items()}
         given = {n: w.shape for n, w in (weights or {}).items()}
         if given != expected:

@@ -141,6 +141,7 @@ def test_rule_refuses_bad_settings():
         ({"start": "sgd", "direct": True}, "needs preprocess false"),
         ({"start": "adam", "direct": True, "momenta": (0.5,)}, "momenta must include it"),
         ({"start": "sgd", "direct": True, "preprocess": False, "start_lr": 0}, "start_lr"),
+        ({"start": "metasgd", "start_lr": -0.1}, "start_lr"),
     ]:
         with pytest.raises(ValueError, match=message):
             LSTMRule(**bad)
@@ -204,6 +205,76 @@ def test_maml_with_momentum_features_gives_one_meta_gradient_in_a_loop_and_under
         assert bool(g.abs().sum() > 0), name
 
 
+METASGD_START = {"scale": 0.1, "start": "metasgd", "start_lr": 0.03}
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_a_rule_started_as_metasgd_is_meta_sgd_with_the_lstm_silent(execution):
+    """With the LSTM's output layer at zero, ``start: metasgd`` is Meta-SGD: the same inner
+    steps, and the same meta-gradient of the initialisation and of each coordinate's rate
+    (``lstm.rate.<name>`` against Meta-SGD's ``inner_lr.<name>``). The LSTM's output layer
+    gets a gradient, so meta-training can make the LSTM add to Meta-SGD."""
+    rule = LSTMRule(hidden=4, seed=1, **METASGD_START)
+    metasgd = dm.algorithms.MetaSGDRule(0.03)
+    grads, params = {}, {}
+    for name, inner in (("lstm", rule), ("metasgd", metasgd)):
+        algo = dm.algorithms.MAML(
+            _mlp(), F.mse_loss, inner_rule=inner, inner_steps=3, execution=execution
+        )
+        params[name] = algo.init_params()
+        grads[name], _ = algo.meta_gradient(params[name], _batch())
+    for name, _ in _mlp().named_parameters():
+        torch.testing.assert_close(
+            params["lstm"]["lstm.rate." + name], params["metasgd"]["inner_lr." + name]
+        )
+        torch.testing.assert_close(
+            grads["lstm"][name], grads["metasgd"][name], rtol=1e-9, atol=1e-12
+        )
+        torch.testing.assert_close(
+            grads["lstm"]["lstm.rate." + name],
+            grads["metasgd"]["inner_lr." + name],
+            rtol=1e-9,
+            atol=1e-12,
+        )
+    assert bool(grads["lstm"]["lstm.out.weight"].abs().sum() > 0)
+
+
+def test_a_rule_started_as_metasgd_steps_with_its_own_rates_plus_the_lstm():
+    """After meta-training has moved them, the rates are each coordinate's own and the LSTM's
+    update adds to Meta-SGD's step."""
+    torch.manual_seed(2)
+    rule = LSTMRule(hidden=4, seed=1, **METASGD_START)
+    fast = {n: p.detach() for n, p in _mlp().named_parameters()}
+    meta = rule.meta_params(fast)
+    meta = {
+        n: w + 0.01 * torch.rand_like(w) if n.startswith("lstm.rate.") else w
+        for n, w in meta.items()
+    }
+    meta["lstm.out.weight"] = torch.rand_like(meta["lstm.out.weight"])
+    grads = {n: torch.randn_like(p) for n, p in fast.items()}
+    moved, _ = rule.step(meta, fast, grads, rule.init(meta, fast))
+    flat = torch.cat([g.reshape(-1) for g in grads.values()])
+    lstm, _ = rule.update(meta, flat, rule.init(meta, fast))
+    assert bool(lstm.abs().sum() > 0)
+    pieces = lstm.split([p.numel() for p in fast.values()])
+    for (name, p), piece in zip(fast.items(), pieces, strict=True):
+        expected = p - meta["lstm.rate." + name] * grads[name] + piece.view_as(p)
+        torch.testing.assert_close(moved[name], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_rates_that_belong_to_one_network_are_refused_where_the_rule_meets_others():
+    """The rates of ``start: metasgd`` are tied to the network they were meta-trained with:
+    ``LearnedOptimizer`` (any model) and ``l2l`` (every problem of a family) refuse them."""
+    from distmeta.errors import ConfigError
+
+    rule = LSTMRule(hidden=3, start="metasgd")
+    weights = rule.meta_params({"p": torch.zeros(2)})
+    with pytest.raises(ValueError, match="started as metasgd.*cannot train another model"):
+        LearnedOptimizer([torch.zeros(2, requires_grad=True)], rule=rule, weights=weights)
+    with pytest.raises(ConfigError, match="start: metasgd .* l2l"):
+        _lstm_config(algorithm={"lstm": {"start": "metasgd"}})
+
+
 def test_reptile_gives_every_lstm_weight_a_gradient():
     algo = dm.algorithms.Reptile(_mlp(), F.mse_loss, inner_rule=LSTMRule(hidden=4), inner_steps=2)
     g, _ = algo.meta_gradient(algo.init_params(), _batch())
@@ -244,14 +315,14 @@ SGD_START = {"scale": 0.05, "preprocess": False, "direct": True, "start": "sgd",
 
 @pytest.mark.parametrize(
     ("algorithm", "rule"),
-    [("l2l", {}), ("maml", {}), ("reptile", {}), ("maml", SGD_START)],
-    ids=["l2l", "maml", "reptile", "maml-started-as-sgd"],
+    [("l2l", {}), ("maml", {}), ("reptile", {}), ("maml", SGD_START), ("maml", METASGD_START)],
+    ids=["l2l", "maml", "reptile", "maml-started-as-sgd", "maml-started-as-metasgd"],
 )
 def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm, rule):
     """The failure of a popular port (LSTM weights never registered, never trained) cannot
     happen: after meta-training every element of every LSTM weight has moved, also where the
-    rule starts as SGD with the LSTM's output layer at zero (nothing flows into the LSTM at the
-    first step)."""
+    rule starts as SGD or Meta-SGD with the LSTM's output layer at zero (nothing flows into the
+    LSTM at the first step); Meta-SGD's rates move too."""
     if algorithm == "l2l":
         run = dm.load_run(trained)
     else:
@@ -262,10 +333,14 @@ def test_meta_training_changes_every_lstm_weight(trained, tmp_path, algorithm, r
         dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
         run = dm.load_run(tmp_path / "run")
     initial = run.algorithm.init_params()
-    lstm = [n for n in initial if n.startswith("lstm.")]
+    rates = [n for n in initial if n.startswith(LSTMRule.rate_prefix)]
+    lstm = [n for n in initial if n.startswith("lstm.") and n not in rates]
     assert len(lstm) == 8 + run.config.algorithm.lstm.direct
     for name in lstm:
         assert bool((run.params[name] != initial[name]).all()), name
+    assert len(rates) == (4 if rule.get("start") == "metasgd" else 0)
+    for name in rates:
+        assert bool((run.params[name] != initial[name]).any()), name
 
 
 def _fit_a_sine(optimizer_of, steps=30):

@@ -13,7 +13,8 @@ meta-training moves every one).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -23,6 +24,7 @@ __all__ = [
     "STARTS",
     "LSTMRule",
     "LSTMState",
+    "Start",
     "lstm_update",
     "normalised_momenta",
     "preprocess_gradient",
@@ -57,9 +59,26 @@ def _adam_feature(preprocess: bool, momenta: Sequence[float]) -> int:
     return (2 if preprocess else 1) + list(momenta).index(ADAM_DECAY)
 
 
-STARTS = {"sgd": _sgd_feature, "adam": _adam_feature}
-"""A hand-made optimizer the untrained rule can be -> the input feature that is its direction
-(given ``preprocess`` and ``momenta``; a clear error where the rule has no such feature)."""
+@dataclass(frozen=True)
+class Start:
+    """A hand-made optimizer the untrained rule can be, at the rule's ``start_lr``."""
+
+    feature: Callable[[bool, Sequence[float]], int] | None = None
+    """Given ``preprocess`` and ``momenta``, the input feature the direct path carries as the
+    optimizer's direction (a clear error where the rule has no such feature); ``None`` where
+    the optimizer does not run through the direct path."""
+    rates: bool = False
+    """A learned rate for each coordinate of the network on its raw gradient, Meta-SGD's
+    (Li et al., 2017), beside the LSTM: meta-parameters ``lstm.rate.<parameter name>``."""
+
+
+STARTS = {
+    "sgd": Start(feature=_sgd_feature),
+    "adam": Start(feature=_adam_feature),
+    "metasgd": Start(rates=True),
+}
+"""``start`` -> the hand-made optimizer the untrained rule is (the LSTM's output layer at zero
+in every case, so the LSTM adds nothing until meta-training moves it)."""
 
 
 def preprocess_gradient(grad: torch.Tensor, p: float) -> torch.Tensor:
@@ -158,10 +177,12 @@ class LSTMRule:
             (``lstm.direct.weight``, zero at first): a rule that is, say, Adam plus what the
             LSTM learns to add.
         start: ``None`` (the paper's randomly initialised rule) or a key of :data:`STARTS`:
-            the untrained rule is that optimizer at rate ``start_lr`` (the direct path's weight
-            on its direction is ``-start_lr / scale``, the LSTM's output layer is zero), so
-            meta-training begins from a tuned hand-made optimizer and learns what to add.
-            Needs ``direct``.
+            the untrained rule is that optimizer at rate ``start_lr`` and the LSTM's output
+            layer is zero, so meta-training begins from a tuned hand-made optimizer and learns
+            what to add. ``sgd`` and ``adam`` run through the direct path (its weight on
+            their direction is ``-start_lr / scale``; needs ``direct``); ``metasgd`` adds a
+            learned rate per coordinate of the network on its raw gradient (Meta-SGD's,
+            ``lstm.rate.*``, meta-trained with the LSTM), which ties the rule to that network.
         start_lr: The rate of the ``start`` optimizer.
         zero_out_bias: The output layer's bias starts at zero, as in the DeepMind reference
             (Sonnet's ``Linear``), not drawn as ``torch.nn.Linear`` draws it: a bias moves every
@@ -179,6 +200,9 @@ class LSTMRule:
     """
 
     prefix = "lstm."
+    rate_prefix = "lstm.rate."
+    """Of the per-coordinate rates of ``start: metasgd``, followed by the network's parameter
+    name: they belong to the network the rule was meta-trained with."""
 
     def __init__(
         self,
@@ -206,23 +230,29 @@ class LSTMRule:
             raise ValueError(f"momenta are decays in (0, 1), got {list(momenta)}")
         self.momenta = tuple(float(decay) for decay in momenta)
         self.direct = bool(direct)
-        self.start_feature = self._start_feature(start, preprocess, start_lr)
+        started = self._start(start, start_lr)
+        self.start_feature = (
+            started.feature(preprocess, self.momenta) if started and started.feature else None
+        )
+        self.rates = bool(started and started.rates)
+        self.output_at_zero = started is not None
         self.start_lr = float(start_lr)
         self.zero_out_bias = bool(zero_out_bias)
         self.hidden, self.layers = hidden, layers
         self.preprocess, self.p = bool(preprocess), float(p)
         self.scale, self.seed = float(scale), int(seed)
 
-    def _start_feature(self, start: str | None, preprocess: bool, lr: float) -> int | None:
+    def _start(self, start: str | None, lr: float) -> Start | None:
         if start is None:
             return None
         if start not in STARTS:
             raise ValueError(f"start must be one of {sorted(STARTS)} or None, got {start!r}")
-        if not self.direct:
+        started = STARTS[start]
+        if started.feature is not None and not self.direct:
             raise ValueError(f"start {start!r} is a direct path's weight: it needs direct true")
         if not lr > 0:
             raise ValueError(f"start_lr must be positive, got {lr}")
-        return STARTS[start](preprocess, self.momenta)
+        return started
 
     @property
     def inputs(self) -> int:
@@ -252,14 +282,18 @@ class LSTMRule:
             weights[self.prefix + "out.bias"].zero_()
         if self.direct:
             weights[self.prefix + "direct.weight"] = reference.new_zeros(1, self.inputs)
-        if self.start_feature is not None:
+        if self.output_at_zero:
             # The LSTM adds nothing until meta-training moves its output layer (whose gradient
-            # is not zero: it reads the hidden state), and the direct path is the optimizer.
+            # is not zero: it reads the hidden state); the start's optimizer is the update.
             weights[self.prefix + "out.weight"].zero_()
             weights[self.prefix + "out.bias"].zero_()
+        if self.start_feature is not None:
             weights[self.prefix + "direct.weight"][0, self.start_feature] = (
                 -self.start_lr / self.scale
             )
+        if self.rates:
+            for name, p in model_params.items():
+                weights[self.rate_prefix + name] = torch.full_like(p, self.start_lr)
         return weights
 
     def zero_state(self, coordinates: int, like: torch.Tensor) -> LSTMState:
@@ -275,7 +309,9 @@ class LSTMRule:
     def update(
         self, meta: Params, grad: torch.Tensor, state: LSTMState
     ) -> tuple[torch.Tensor, LSTMState]:
-        """The update of the coordinates of a flat gradient ``[coordinates]``, and the state."""
+        """The LSTM's update of the coordinates of a flat gradient ``[coordinates]`` (without
+        the per-coordinate rates of ``start: metasgd``, which :meth:`step` adds), and the
+        state."""
         raw = grad.unsqueeze(-1)
         features = preprocess_gradient(grad, self.p) if self.preprocess else raw
         moments: LSTMState = {}
@@ -296,6 +332,9 @@ class LSTMRule:
         # All coordinates of all parameters in one batch: a few large operations per step.
         flat = torch.cat([grads[name].reshape(-1) for name in fast])
         update, state = self.update(meta, flat, state)
+        if self.rates:
+            rates = torch.cat([meta[self.rate_prefix + name].reshape(-1) for name in fast])
+            update = update - rates * flat
         pieces = update.split([p.numel() for p in fast.values()])
         moved = {
             name: fast[name] + piece.view_as(fast[name])
