@@ -71,6 +71,8 @@ ALGORITHMS = {
     "fomaml": {"name": "fomaml"},
     "metasgd": {"name": "maml", "inner_rule": "metasgd"},
     "metasgd-own-rate": {"name": "maml", "inner_rule": "metasgd", "rule_outer_lr": 1e-4},
+    # A clip below every meta-gradient's norm here: each step is clipped (the learner actor's).
+    "maml-clipped": {"name": "maml", "outer_clip_norm": 0.05},
 }
 
 
@@ -126,14 +128,17 @@ def test_slices_cover_the_meta_batch_in_order():
         ("fomaml", 2, {}),
         ("metasgd", 2, {}),
         ("metasgd-own-rate", 2, {}),
+        ("maml-clipped", 2, {}),
     ],
 )
 def test_sync_ray_equals_local_bit_for_bit(
     ray_cluster, reference_runs, tmp_path, algorithm, workers, engine
 ):
-    """Every algorithm and inner rule (a learned rule at an outer rate of its own too), every
-    transport and the reduction tree (three workers: two levels of merges) give the local
-    engine's parameters, bit for bit."""
+    """Every algorithm and inner rule (a learned rule at an outer rate of its own too, and a
+    clipped meta-gradient), every transport and the reduction tree (three workers: two levels
+    of merges) give the local engine's parameters, bit for bit."""
+    if algorithm == "maml-clipped":
+        assert not _same(reference_runs["maml"], reference_runs["maml-clipped"])
     config = _config(_ray(workers, **engine), algorithm={**ALGORITHMS[algorithm], **LOOP})
     dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
     assert _same(reference_runs[algorithm], _final(tmp_path / "run"))

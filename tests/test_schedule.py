@@ -120,6 +120,54 @@ def test_named_parameters_step_at_their_factor_of_the_scheduled_rate(optimizer):
     assert learner.params()["rate"].data_ptr() == learner.theta[2:].data_ptr()  # one buffer
 
 
+@pytest.mark.parametrize("factors", [None, {"rate": 0.01}])
+def test_a_meta_gradient_above_the_clip_norm_is_scaled_down_to_it(factors):
+    """As ``torch.nn.utils.clip_grad_norm_`` over every meta-parameter before Adam's step (one
+    group or two); a gradient under the norm is stepped as it is, and an asynchronous result's
+    staleness damping applies after the clip."""
+    gradients = [torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0]) * k for k in (100.0, 0.1, 1e9, 1.0)]
+    learner = Learner(TWO, torch.arange(5.0), "adam", 0.1, factors, clip_norm=2.0)
+    w, rate = torch.arange(2.0), torch.arange(2.0, 5.0)
+    reference = torch.optim.Adam([{"params": [w]}, {"params": [rate]}], lr=0.1)
+    reference.param_groups[1]["lr"] = 0.1 * (factors or {"rate": 1.0})["rate"]
+    for k, gradient in enumerate(gradients):
+        stale = k == 3
+        if stale:
+            assert learner.apply_stale(gradient, learner.version - 1, 2).accepted
+        else:
+            learner.apply(gradient)
+        w.grad, rate.grad = gradient[:2].clone(), gradient[2:].clone()
+        torch.nn.utils.clip_grad_norm_([w, rate], 2.0)
+        if stale:
+            w.grad, rate.grad = w.grad / 2, rate.grad / 2
+        reference.step()
+        assert torch.allclose(learner.theta, torch.cat([w, rate]), rtol=0, atol=1e-6), k
+    with pytest.raises(ValueError, match="clip_norm must be positive"):
+        Learner(TWO, torch.arange(5.0), "adam", 0.1, clip_norm=0.0)
+
+
+def test_a_run_steps_with_the_clipped_meta_gradient(tmp_path, tiny_sinusoid_config):
+    """``algorithm.outer_clip_norm`` reaches the learner: one step of plain SGD moves the
+    meta-parameters by exactly ``outer_lr`` times the clip norm."""
+    config = parse_config(
+        {
+            **tiny_sinusoid_config.model_dump(mode="json"),
+            "algorithm": {
+                **tiny_sinusoid_config.algorithm.model_dump(mode="json"),
+                "outer_optimizer": "sgd",
+                "outer_lr": 0.5,
+                "outer_clip_norm": 1e-3,
+            },
+            "train": {**tiny_sinusoid_config.train.model_dump(), "steps": 1},
+        }
+    )
+    start = build_experiment(config).algorithm.init_params()
+    dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
+    end = dm.load_run(tmp_path / "run").params
+    moved = torch.cat([(end[name] - start[name]).reshape(-1) for name in start])
+    assert float(moved.norm()) == pytest.approx(0.5 * 1e-3, rel=1e-4)
+
+
 def test_a_learner_with_factors_resumes_its_checkpoint_exactly_and_refuses_one_without():
     def learner(factors):
         return Learner(TWO, torch.arange(5.0), "adam", 0.1, factors)

@@ -42,6 +42,10 @@ class Learner:
             their factor (an inner rule's learned rates or weights next to the model's
             initialisation). Each rate becomes a parameter group of the outer optimizer over
             views of the flat buffer; without factors the optimizer holds the buffer whole.
+        clip_norm: The largest L2 norm of a meta-gradient the outer optimizer steps with: a
+            larger one is scaled down to it (as ``torch.nn.utils.clip_grad_norm_``), so one
+            task whose inner loop diverged cannot wreck the meta-parameters and Adam's
+            moments. ``None``: no clipping.
     """
 
     def __init__(
@@ -51,7 +55,10 @@ class Learner:
         optimizer: str,
         lr: float | OuterLRSchedule,
         lr_factors: Mapping[str, float] | None = None,
+        clip_norm: float | None = None,
     ):
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {clip_norm}")
         if initial.dim() != 1 or initial.numel() != layout.numel:
             raise ValueError(f"initial parameters must be a flat vector of {layout.numel} values")
         factors = dict(lr_factors or {})
@@ -60,6 +67,7 @@ class Learner:
             raise ValueError(f"lr_factors name parameters the layout does not have: {unknown}")
         self.layout = layout
         self.lr_factors = factors
+        self.clip_norm = clip_norm
         self.schedule = lr if isinstance(lr, OuterLRSchedule) else OuterLRSchedule(lr)
         self.theta = initial.detach().clone()
         if optimizer not in _OPTIMIZERS:
@@ -85,13 +93,18 @@ class Learner:
         return self.layout.unflatten(self.theta)
 
     def apply(self, mean_gradient: torch.Tensor, scale: float = 1.0) -> int:
-        """One outer step with the flat mean meta-gradient; returns the new version."""
+        """One outer step with the flat mean meta-gradient (clipped to ``clip_norm``, then
+        times ``scale``); returns the new version."""
         if mean_gradient.shape != self.theta.shape:
             raise ValueError(
                 f"gradient has shape {tuple(mean_gradient.shape)}, "
                 f"expected {tuple(self.theta.shape)}"
             )
         gradient = mean_gradient.to(device=self.theta.device, dtype=self.theta.dtype)
+        if self.clip_norm is not None:
+            norm = float(gradient.norm())
+            if norm > self.clip_norm:
+                scale *= self.clip_norm / norm
         gradient = gradient if scale == 1.0 else gradient * scale
         pieces = torch.split(gradient, self.layout.sizes) if self.lr_factors else (gradient,)
         for tensor, piece in zip(self._stepped, pieces, strict=True):

@@ -34,6 +34,7 @@ class LocalEngine:
             config.algorithm.outer_optimizer,
             OuterLRSchedule.of(config),
             rule_lr_factors(config, self.experiment.algorithm),
+            config.algorithm.outer_clip_norm,
         )
 
     def run(self, start: int, stop: int) -> Iterator[dict[str, float]]:

@@ -112,6 +112,7 @@ class RayEngine:
                     OuterLRSchedule.of(config),
                     rule_lr_factors(config, experiment.algorithm),
                     run_dir.uri,
+                    config.algorithm.outer_clip_norm,
                 )
             )
             self.pool = WorkerPool(

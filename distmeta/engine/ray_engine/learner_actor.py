@@ -48,6 +48,7 @@ class LearnerActor:
         run_dir: The run's folder (local path or URI), read only after a restart; ``None``
             for a learner that is not restarted (a stream fleet's, whose meta-parameters
             have no checkpoints).
+        clip_norm: The Learner's ``clip_norm``.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class LearnerActor:
         lr: float | OuterLRSchedule,
         lr_factors: dict[str, float],
         run_dir: str | None,
+        clip_norm: float | None = None,
     ):
         torch.set_num_threads(1)
         self.incarnation_id = uuid.uuid4().hex
@@ -65,7 +67,7 @@ class LearnerActor:
         self._channel: LearnerChannel | None = None
         self._optimizer = optimizer
         self.learner = Learner(
-            layout, torch.from_numpy(np.array(initial)), optimizer, lr, lr_factors
+            layout, torch.from_numpy(np.array(initial)), optimizer, lr, lr_factors, clip_norm
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own property
@@ -92,6 +94,7 @@ class LearnerActor:
             self._optimizer,
             learner.schedule,
             learner.lr_factors,
+            learner.clip_norm,
         )
         self._recent.clear()
         return self._message()
