@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+from distmeta.runs.stream_metrics import interval
 
 CONFIG = "configs/sinusoid_maml.yaml"
 RULES = {
@@ -96,11 +94,10 @@ def main() -> None:
                 flush=True,
             )
     gaps = [s - learned for s, learned in zip(final["sgd"], final[args.rule], strict=True)]
-    mean = statistics.fmean(gaps)
-    half = (
-        T975[len(gaps) - 1] * statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0
+    gap = interval(gaps)
+    print(
+        f"MSE after 5 steps, sgd - {args.rule}: {gap.mean:.3f} ± {gap.ci95:.3f} (per seed {gaps})"
     )
-    print(f"MSE after 5 steps, sgd - {args.rule}: {mean:.3f} ± {half:.3f} (per seed {gaps})")
 
 
 if __name__ == "__main__":

@@ -23,26 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from distmeta.runs.optimizers import steps_to
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
-"""Two-sided 95 % Student t quantiles by degrees of freedom."""
+from distmeta.runs.stream_metrics import interval as seed_interval
 
 
 def interval(values: list[float]) -> tuple[float, float]:
     """Mean and 95 % t half-width (0 for a single value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, T975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+    over_seeds = seed_interval(values)
+    return over_seeds.mean, over_seeds.ci95
 
 
 def slug(override: str) -> str:
