@@ -30,13 +30,7 @@ import time
 from pathlib import Path
 
 from distmeta.runs.optimizers import steps_to
-from distmeta.runs.stream_metrics import interval as seed_interval
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and 95 % t half-width (0 for a single value)."""
-    over_seeds = seed_interval(values)
-    return over_seeds.mean, over_seeds.ci95
+from distmeta.runs.stream_metrics import interval
 
 
 def slug(override: str) -> str:
@@ -101,8 +95,8 @@ def main() -> None:
         cells = []
         for key in (horizon, twice):
             values = [float(c["log10_final"][key]) for c in curves]
-            mean, half = interval(values)
-            cells.append(f"{mean:8.3f} ± {half:5.3f}")
+            over_seeds = interval(values)
+            cells.append(f"{over_seeds.mean:8.3f} ± {over_seeds.ci95:5.3f}")
             per_seed.append(f"{name} @{key}: " + ", ".join(f"{v:.3f}" for v in values))
         rates = ",".join(
             f"step {c.get('step')}" if c["lr"] is None else f"{c['lr']:g}" for c in curves
@@ -130,8 +124,8 @@ def main() -> None:
                 float(r["curves"][name]["log10_final"][key]) - value
                 for r, value in zip(results, learned, strict=True)
             ]
-            mean, half = interval(gaps)
-            print(f"learned below {name} at @{key} by {mean:.3f} ± {half:.3f} log10 units")
+            gap = interval(gaps)
+            print(f"learned below {name} at @{key} by {gap.mean:.3f} ± {gap.ci95:.3f} log10 units")
 
 
 if __name__ == "__main__":

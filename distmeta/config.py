@@ -328,8 +328,8 @@ class AlgorithmConfig(_Section):
     meta-parameter together) the outer optimizer steps with: a larger one is scaled down to
     it, as ``torch.nn.utils.clip_grad_norm_`` does. A guard against one task whose inner loop
     diverged (Meta-SGD's learned rates can overshoot on a rare task), whose huge meta-gradient
-    would otherwise move every meta-parameter and fill Adam's second moment for thousands of
-    steps. ``None``: no clipping."""
+    would otherwise move every meta-parameter and fill Adam's second moment until it decays
+    (by 0.999 a step). ``None``: no clipping."""
     rule_outer_lr: PositiveFloat | None = None
     """Outer learning rate of a learned inner rule's own meta-parameters (``metasgd``'s rates,
     the ``lstm`` rule's weights) when it should differ from the initialisation's

@@ -126,7 +126,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             rule, weights = load_learned_rule(run)
         if not isinstance(rule, LSTMRule):
             raise TypeError(f"rule must be an LSTMRule, got {type(rule).__name__}")
-        if rule.rates:
+        if rule.rates is not None:
             raise ValueError(
                 "this rule was started as metasgd: it learned a rate for each coordinate of "
                 "the network it was meta-trained with, and cannot train another model"

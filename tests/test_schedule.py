@@ -120,6 +120,17 @@ def test_named_parameters_step_at_their_factor_of_the_scheduled_rate(optimizer):
     assert learner.params()["rate"].data_ptr() == learner.theta[2:].data_ptr()  # one buffer
 
 
+def _one_step(config, **algorithm):
+    """``config`` trained for one step, with these ``algorithm`` settings."""
+    return parse_config(
+        {
+            **config.model_dump(mode="json"),
+            "algorithm": {**config.algorithm.model_dump(mode="json"), **algorithm},
+            "train": {**config.train.model_dump(), "steps": 1},
+        }
+    )
+
+
 @pytest.mark.parametrize("factors", [None, {"rate": 0.01}])
 def test_a_meta_gradient_above_the_clip_norm_is_scaled_down_to_it(factors):
     """As ``torch.nn.utils.clip_grad_norm_`` over every meta-parameter before Adam's step (one
@@ -149,17 +160,8 @@ def test_a_meta_gradient_above_the_clip_norm_is_scaled_down_to_it(factors):
 def test_a_run_steps_with_the_clipped_meta_gradient(tmp_path, tiny_sinusoid_config):
     """``algorithm.outer_clip_norm`` reaches the learner: one step of plain SGD moves the
     meta-parameters by exactly ``outer_lr`` times the clip norm."""
-    config = parse_config(
-        {
-            **tiny_sinusoid_config.model_dump(mode="json"),
-            "algorithm": {
-                **tiny_sinusoid_config.algorithm.model_dump(mode="json"),
-                "outer_optimizer": "sgd",
-                "outer_lr": 0.5,
-                "outer_clip_norm": 1e-3,
-            },
-            "train": {**tiny_sinusoid_config.train.model_dump(), "steps": 1},
-        }
+    config = _one_step(
+        tiny_sinusoid_config, outer_optimizer="sgd", outer_lr=0.5, outer_clip_norm=1e-3
     )
     start = build_experiment(config).algorithm.init_params()
     dm.train(config, run_dir=str(tmp_path / "run"), progress=False)
@@ -192,17 +194,8 @@ def test_a_learner_with_factors_resumes_its_checkpoint_exactly_and_refuses_one_w
 def test_the_rule_rate_reaches_the_rules_parameters_only(tmp_path, tiny_sinusoid_config):
     """Meta-SGD's learned rates step at ``rule_outer_lr`` in a run, the model at ``outer_lr``:
     Adam's first step moves every element with a gradient by its rate."""
-    config = parse_config(
-        {
-            **tiny_sinusoid_config.model_dump(mode="json"),
-            "algorithm": {
-                **tiny_sinusoid_config.algorithm.model_dump(mode="json"),
-                "inner_rule": "metasgd",
-                "outer_lr": 1e-3,
-                "rule_outer_lr": 1e-5,
-            },
-            "train": {**tiny_sinusoid_config.train.model_dump(), "steps": 1},
-        }
+    config = _one_step(
+        tiny_sinusoid_config, inner_rule="metasgd", outer_lr=1e-3, rule_outer_lr=1e-5
     )
     algorithm = build_experiment(config).algorithm
     factors = rule_lr_factors(config, algorithm)

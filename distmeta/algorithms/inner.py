@@ -60,19 +60,21 @@ class SGDRule:
 class MetaSGDRule:
     """Gradient descent with a learned step size per parameter element (Li et al., 2017).
 
-    Its meta-parameters are named ``inner_lr.<model parameter name>``, each shaped like the
+    Its meta-parameters are named ``<prefix><model parameter name>``, each shaped like the
     model parameter and initialised to ``lr``.
 
     Args:
         lr: Initial value of every learned step size.
+        prefix: Of the rates' names: ``inner_lr.`` as the inner rule itself, another where a
+            rule holds Meta-SGD's rates among its own parameters (the LSTM rule's
+            ``start: metasgd``).
     """
 
-    prefix = "inner_lr."
-
-    def __init__(self, lr: float):
+    def __init__(self, lr: float, prefix: str = "inner_lr."):
         if not lr > 0:
             raise ValueError(f"initial inner learning rate must be positive, got {lr}")
         self.lr = float(lr)
+        self.prefix = prefix
 
     def meta_params(self, model_params: Params) -> Params:
         return {self.prefix + name: torch.full_like(p, self.lr) for name, p in model_params.items()}

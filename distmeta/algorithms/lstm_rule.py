@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distmeta.algorithms.inner import Params
+from distmeta.algorithms.inner import MetaSGDRule, Params
 
 __all__ = [
     "STARTS",
@@ -234,8 +234,10 @@ class LSTMRule:
         self.start_feature = (
             started.feature(preprocess, self.momenta) if started and started.feature else None
         )
-        self.rates = bool(started and started.rates)
-        self.output_at_zero = started is not None
+        self.rates = (
+            MetaSGDRule(start_lr, prefix=self.rate_prefix) if started and started.rates else None
+        )
+        """Meta-SGD's per-coordinate rates of ``start: metasgd``, stepped beside the LSTM."""
         self.start_lr = float(start_lr)
         self.zero_out_bias = bool(zero_out_bias)
         self.hidden, self.layers = hidden, layers
@@ -282,7 +284,7 @@ class LSTMRule:
             weights[self.prefix + "out.bias"].zero_()
         if self.direct:
             weights[self.prefix + "direct.weight"] = reference.new_zeros(1, self.inputs)
-        if self.output_at_zero:
+        if self.start_feature is not None or self.rates is not None:
             # The LSTM adds nothing until meta-training moves its output layer (whose gradient
             # is not zero: it reads the hidden state); the start's optimizer is the update.
             weights[self.prefix + "out.weight"].zero_()
@@ -291,9 +293,8 @@ class LSTMRule:
             weights[self.prefix + "direct.weight"][0, self.start_feature] = (
                 -self.start_lr / self.scale
             )
-        if self.rates:
-            for name, p in model_params.items():
-                weights[self.rate_prefix + name] = torch.full_like(p, self.start_lr)
+        if self.rates is not None:
+            weights.update(self.rates.meta_params(model_params))
         return weights
 
     def zero_state(self, coordinates: int, like: torch.Tensor) -> LSTMState:
@@ -332,12 +333,12 @@ class LSTMRule:
         # All coordinates of all parameters in one batch: a few large operations per step.
         flat = torch.cat([grads[name].reshape(-1) for name in fast])
         update, state = self.update(meta, flat, state)
-        if self.rates:
-            rates = torch.cat([meta[self.rate_prefix + name].reshape(-1) for name in fast])
-            update = update - rates * flat
-        pieces = update.split([p.numel() for p in fast.values()])
-        moved = {
-            name: fast[name] + piece.view_as(fast[name])
-            for name, piece in zip(fast, pieces, strict=True)
+        sizes = [p.numel() for p in fast.values()]
+        pieces = {
+            name: piece.view_as(fast[name])
+            for name, piece in zip(fast, update.split(sizes), strict=True)
         }
-        return moved, state
+        if self.rates is not None:
+            # Meta-SGD's step, taken from the LSTM's update: the update plus ``-rate * grad``.
+            pieces, _ = self.rates.step(meta, pieces, grads, None)
+        return {name: fast[name] + pieces[name] for name in fast}, state
