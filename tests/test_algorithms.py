@@ -549,15 +549,21 @@ def test_helper_models_are_copied_before_any_task_starts_on_the_calling_thread()
 def test_a_helper_computes_tasks_while_the_calling_thread_is_inside_functional_call():
     """The interleaving of the race, forced: the calling thread holds its first task inside
     the query forward (adapted, non-leaf weights swapped into the model) until a helper has
-    finished a task of its own."""
+    finished a forward of its own, and the helper starts no forward before the calling thread
+    is held there (else, on a busy machine, the helper could take every task first)."""
     torch.manual_seed(0)
     model = dm.models.MLP(1, (8,), 1).double()
-    caller, helper_done, held = threading.get_ident(), threading.Event(), []
+    caller, caller_inside, helper_done = threading.get_ident(), threading.Event(), threading.Event()
+    held, waited = [], []
 
     def hold(module, args):
         adapted = any(not p.is_leaf for p in module.parameters())
-        if threading.get_ident() == caller and adapted and not held:
-            held.append(helper_done.wait(timeout=20))
+        if threading.get_ident() == caller:
+            if adapted and not held:
+                caller_inside.set()
+                held.append(helper_done.wait(timeout=20))
+        elif not waited:
+            waited.append(caller_inside.wait(timeout=20))
 
     def done(module, args, output):
         if threading.get_ident() != caller:
@@ -568,6 +574,7 @@ def test_a_helper_computes_tasks_while_the_calling_thread_is_inside_functional_c
     algo = dm.algorithms.MAML(model, F.mse_loss, 0.1, 1, execution="loop", task_threads=2)
     algo.meta_gradient(algo.init_params(), _sinusoid_batch(tasks=4))
     assert held == [True]
+    assert waited == [True]
 
 
 def test_choose_execution_vectorises_dense_models_and_loops_convolutions_on_a_cpu():
