@@ -271,6 +271,27 @@ def test_cmaml_rejects_prolonged_steps_that_overshoot():
         torch.testing.assert_close(learner.fast[name], value)
 
 
+@pytest.mark.parametrize("told_switches", [False, True])
+def test_cmaml_restarts_from_the_unadapted_start_where_adapting_afresh_diverges(told_switches):
+    """A switch to a task far steeper than the inner rate suits (x up to 10 at SGD 0.3): the
+    adaptation afresh from the meta-parameters diverges (NaN). The switch is still detected
+    (a loss minus NaN is never above gamma), and the restart, told or detected, takes the
+    meta-parameters' own weights, not the NaN ones."""
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    learner = CMAML(algorithm, gamma=1.0, lambda_=1.0, steps=200, told_switches=told_switches)
+    first, second = _slopes([1.0, -3.0])
+    steep_x = 10 * second.x
+    assert not torch.isfinite(
+        algorithm.adapt(meta, steep_x, -3 * steep_x, 200)["net.0.weight"]
+    ).all()
+    learner.observe(meta, first.x, first.y, switch=False if told_switches else None)
+    update = learner.observe(meta, steep_x, -3 * steep_x, switch=True if told_switches else None)
+    assert update.detected_switch is True and update.gradient is None
+    for name, value in algorithm.model_params(meta).items():
+        torch.testing.assert_close(learner.fast[name], value)
+
+
 def test_cmaml_with_a_library_restarts_a_task_that_comes_back_where_its_last_visit_ended():
     algorithm = _linear_algorithm()
     meta = _zero(algorithm)

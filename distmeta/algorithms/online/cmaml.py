@@ -10,7 +10,14 @@ import torch
 
 from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
-from distmeta.algorithms.online.method import OnlineUpdate, cloned, loss_of, predict_with, scaled
+from distmeta.algorithms.online.method import (
+    OnlineUpdate,
+    adapted_afresh,
+    cloned,
+    loss_of,
+    predict_with,
+    scaled,
+)
 from distmeta.tasks.batch import TaskBatch
 
 __all__ = ["CMAML"]
@@ -41,9 +48,11 @@ class CMAML:
     Description:
         Each batch is predicted by the current fast weights. Once its labels are revealed, fast
         weights are also adapted afresh from the meta-parameters on it (the algorithm's inner
-        loop); if the current fast weights' loss on the batch exceeds the fresh ones' loss
-        (on the same batch) by more than ``gamma``, a switch is declared: the fast weights
-        restart from the fresh ones and the meta-parameters are left alone, since the previous
+        loop; the meta-parameters' own weights where that loop overshoots or diverges, as
+        :func:`~distmeta.algorithms.online.method.adapted_afresh` says); if the current
+        fast weights' loss on the batch exceeds the fresh ones' loss (on the same batch) by
+        more than ``gamma``, a switch is declared: the fast weights restart from the fresh
+        ones and the meta-parameters are left alone, since the previous
         batch belongs to another task. Fast weights whose loss is not finite (prolonged
         adaptation that diverged) restart the same way. Otherwise the batch is the query set
         of a meta-learning task whose support set is the previous batch: its meta-gradient
@@ -163,7 +172,7 @@ class CMAML:
         self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None
     ) -> OnlineUpdate:
         algorithm = self.algorithm
-        fresh = algorithm.adapt(meta, x, y, self.steps)
+        fresh = adapted_afresh(algorithm, meta, x, y, self.steps)
         if not self.recent or self.fast is None:  # the stream's first batch
             self.fast, self.recent, self.alternative = fresh, [(x, y)], None
             return OnlineUpdate(detected_switch=False)
@@ -264,15 +273,14 @@ class CMAML:
         algorithm = self.algorithm
         x = torch.cat([batch_x for batch_x, _ in batches])
         y = torch.cat([batch_y for _, batch_y in batches])
-        afresh = fresh if len(batches) == 1 else None
+        if self.prolonged:
+            before = loss_of(algorithm, fast, x, y)
+            further = self._prolong(meta, fast, x, y)
+            if loss_of(algorithm, further, x, y) <= before:
+                return further
+        afresh = fresh if len(batches) == 1 else adapted_afresh(algorithm, meta, x, y, self.steps)
         if not self.prolonged:
-            return afresh if afresh is not None else algorithm.adapt(meta, x, y, self.steps)
-        before = loss_of(algorithm, fast, x, y)
-        further = self._prolong(meta, fast, x, y)
-        if loss_of(algorithm, further, x, y) <= before:
-            return further
-        if afresh is None:
-            afresh = algorithm.adapt(meta, x, y, self.steps)
+            return afresh
         return afresh if loss_of(algorithm, afresh, x, y) < before else fast
 
     def _prolong(

@@ -10,7 +10,13 @@ import torch
 
 from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
-from distmeta.algorithms.online.method import OnlineUpdate, cloned, loss_of, predict_with
+from distmeta.algorithms.online.method import (
+    OnlineUpdate,
+    adapted_afresh,
+    cloned,
+    loss_of,
+    predict_with,
+)
 from distmeta.tasks.batch import TaskBatch
 
 __all__ = ["FTML"]
@@ -81,7 +87,7 @@ class FTML:
         return predict_with(self.algorithm, self.fast, meta, x)
 
     def _switched(self, meta: Params, x: torch.Tensor, y: torch.Tensor) -> bool:
-        fresh = self.algorithm.adapt(meta, x, y, self.steps)
+        fresh = adapted_afresh(self.algorithm, meta, x, y, self.steps)
         return (
             loss_of(self.algorithm, self.fast, x, y) - loss_of(self.algorithm, fresh, x, y)
             > self.gamma
@@ -104,7 +110,7 @@ class FTML:
         gradient = self._meta_gradient(meta)
         support_x = torch.cat([bx for bx, _ in current])
         support_y = torch.cat([by for _, by in current])
-        self.fast = self.algorithm.adapt(meta, support_x, support_y, self.steps)
+        self.fast = adapted_afresh(self.algorithm, meta, support_x, support_y, self.steps)
         return OnlineUpdate(gradient, detected)
 
     def _meta_gradient(self, meta: Params) -> Params | None:

@@ -16,7 +16,15 @@ import torch
 from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
 
-__all__ = ["OnlineLearner", "OnlineUpdate", "cloned", "loss_of", "predict_with", "scaled"]
+__all__ = [
+    "OnlineLearner",
+    "OnlineUpdate",
+    "adapted_afresh",
+    "cloned",
+    "loss_of",
+    "predict_with",
+    "scaled",
+]
 
 
 @dataclass(frozen=True)
@@ -94,3 +102,25 @@ def loss_of(algorithm: MetaAlgorithm, weights: Params, x: torch.Tensor, y: torch
     """The loss of ``weights`` on ``(x, y)``, without a graph."""
     with torch.no_grad():
         return float(algorithm.loss_fn(algorithm.forward(weights, x), y))
+
+
+def adapted_afresh(
+    algorithm: MetaAlgorithm,
+    meta: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int | None,
+) -> Params:
+    """The weights adapted afresh from the meta-parameters ``meta`` on ``(x, y)`` by the
+    algorithm's inner loop (``steps`` steps), unless that adaptation did not lower their loss
+    on it: the inner rate overshot on a task steeper than the start was meta-trained for (a
+    sinusoid's amplitude 5-10) or diverged. Then the meta-parameters' own weights, unadapted.
+    A learner restarting at a switch must never take weights whose loss is not finite (the
+    sinusoid's oracle did, BENCHMARKS.md, "Streams", stop 40), and a switch test must not
+    compare with them (a loss minus NaN is never above a threshold: the switch goes
+    undetected)."""
+    adapted = algorithm.adapt(meta, x, y, steps)
+    start = cloned(algorithm.model_params(meta))
+    if loss_of(algorithm, adapted, x, y) < loss_of(algorithm, start, x, y):
+        return adapted
+    return start
