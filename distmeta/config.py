@@ -677,6 +677,11 @@ class _StreamSection(_Section):
     """C-MAML: a second look at each switch test on the next batch: the hypothesis the test
     did not take (a switch, or none) replaces the one it took when its weights predict the
     next batch with a loss below ``revise`` times the fast weights' (``None``: tests stand)."""
+    jump: float | None = Field(None, gt=1.0)
+    """C-MAML: a second switch test, declaring a switch where the fast weights' loss on the
+    batch exceeds ``jump`` times its level on the current task (the median of their losses
+    on its latest ``memory`` batches) and a restart fits the batch better (``None``: the
+    ``gamma`` test alone)."""
     prolong_lr: PositiveFloat | None = None
     """C-MAML: the prolonged adaptation (``prolonged``) takes Adam's steps at this rate, from a
     fresh Adam state at each batch, instead of the inner rule's (``None``): the fitting of a
@@ -730,7 +735,7 @@ class _StreamSection(_Section):
 
     @model_validator(mode="after")
     def _cmaml_options(self) -> _StreamSection:
-        """``memory``, ``library``, ``revise``, ``prolong_lr`` and ``prolong_steps`` are
+        """``memory``, ``library``, ``revise``, ``jump``, ``prolong_lr`` and ``prolong_steps`` are
         C-MAML's: refused for another method rather than ignored, and the two ``prolong_``
         keys without ``prolonged``."""
         for key, meaning in (("prolong_lr", "rate"), ("prolong_steps", "step count")):
@@ -740,7 +745,7 @@ class _StreamSection(_Section):
                     f"{key}: {value} is the {meaning} of prolonged adaptation, and "
                     f"prolonged is false (set prolonged: true, or leave {key} unset)"
                 )
-        keys = ("memory", "library", "revise", "prolong_lr", "prolong_steps")
+        keys = ("memory", "library", "revise", "jump", "prolong_lr", "prolong_steps")
         defaults = {key: type(self).model_fields[key].default for key in keys}
         values = {key: getattr(self, key) for key in defaults}
         changed = {key: value for key, value in values.items() if value != defaults[key]}

@@ -535,6 +535,7 @@ ONLINE_METHODS: dict[
         memory=spec.memory,
         library=spec.library,
         revise=spec.revise,
+        jump=spec.jump,
         prolong_lr=spec.prolong_lr,
         prolong_steps=spec.prolong_steps,
     ),

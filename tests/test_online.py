@@ -44,14 +44,16 @@ def _zero(algorithm) -> dict[str, torch.Tensor]:
     return {name: torch.zeros_like(p) for name, p in algorithm.init_params().items()}
 
 
-def _slopes(slopes: list[float], seed: int = 0) -> list[StreamBatch]:
-    """A scripted stream: step t is 10 points of y = slopes[t] * x, x uniform in [-1, 1]."""
+def _slopes(slopes: list[float], seed: int = 0, noise: float = 0.0) -> list[StreamBatch]:
+    """A scripted stream: step t is 10 points of y = slopes[t] * x (plus Gaussian noise of
+    standard deviation ``noise``), x uniform in [-1, 1]."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for step, slope in enumerate(slopes):
         x = torch.rand(10, 1, generator=generator) * 2 - 1
+        y = slope * x + noise * torch.randn(10, 1, generator=generator)
         switch = step > 0 and slope != slopes[step - 1]
-        batches.append(StreamBatch(step, x, slope * x, 0, switch, 0))
+        batches.append(StreamBatch(step, x, y, 0, switch, 0))
     return batches
 
 
@@ -361,6 +363,26 @@ def test_cmaml_revising_finds_a_switch_its_test_missed_one_batch_late():
         CMAML(algorithm, gamma=1.0, lambda_=1.0, revise=0.0)
 
 
+def test_cmaml_jump_finds_a_switch_between_two_well_fitted_tasks_at_once():
+    """Slope 1, then 2, with a little noise: on the new batch the fitted slope-1 weights lose
+    0.16 and the weights adapted afresh on it 0.015, a difference under ``gamma``, which
+    misses the switch. That loss is far above their level on the task (near the noise's
+    0.0025), so ``jump`` declares the switch at once, and nowhere else."""
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    batches = _slopes([1.0] * 10 + [2.0] * 10, noise=0.05)
+    learner = CMAML(algorithm, gamma=1.0, lambda_=1.0, steps=20, memory=3, jump=5.0)
+    plain = CMAML(algorithm, gamma=1.0, lambda_=1.0, steps=20, memory=3)
+    detected, plain_detected = [], []
+    for batch in batches:
+        detected.append(learner.observe(meta, batch.x, batch.y).detected_switch)
+        plain_detected.append(plain.observe(meta, batch.x, batch.y).detected_switch)
+    assert detected == [False] * 10 + [True] + [False] * 9
+    assert not any(plain_detected)
+    with pytest.raises(ValueError, match="jump"):
+        CMAML(algorithm, gamma=1.0, lambda_=1.0, jump=1.0)
+
+
 def test_cmaml_revising_withdraws_switches_declared_within_a_task():
     """A threshold every batch clears: each batch is declared a switch and restarts the
     fast weights from the meta-parameters. On the next batch the weights that went on with
@@ -520,7 +542,7 @@ def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
     algorithm = _linear_algorithm()
     meta = {name: p + 0.2 for name, p in _zero(algorithm).items()}
     build = {
-        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0, memory=3, library=2, revise=0.9),
+        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0, memory=3, library=2, revise=0.9, jump=3.0),
         "ftml": lambda: FTML(algorithm, 0.5, 4, 3, 2, np.random.default_rng(3)),
         "finetune": lambda: OnlineTraining(algorithm, meta, 0.05),
         "frozen_meta": lambda: FrozenMeta(algorithm, meta),

@@ -365,6 +365,8 @@ def test_stream_configs_build_their_streams_and_pendulum_its_task_source(marked_
         ({"stream": {"method": "ftml", "revise": 0.5}}, "revise: 0.5 apply to method cmaml only"),
         ({"stream": {"library": -1}}, "stream.library"),
         ({"stream": {"revise": 0}}, "stream.revise"),
+        ({"stream": {"method": "ftml", "jump": 8}}, "jump: 8.0 apply to method cmaml only"),
+        ({"stream": {"jump": 1}}, "stream.jump"),
         ({"stream": {"method": "ftml", "prolong_lr": 0.01}}, "prolong_lr: 0.01 apply to method"),
         ({"stream": {"prolonged": False, "prolong_lr": 0.01}}, "prolonged is false"),
         ({"stream": {"prolong_lr": 0}}, "stream.prolong_lr"),

@@ -4,6 +4,7 @@ and meta-updates only while the task holds."""
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, NamedTuple
 
 import torch
@@ -91,6 +92,12 @@ class CMAML:
         old one stays under ``gamma`` (found one batch late here), and a task fitted poorly
         after a few batches looks like another task (withdrawn here).
 
+        With ``jump``, a switch is also declared where the fast weights' loss on the batch
+        exceeds ``jump`` times its level on the current task (the median of their losses on
+        its latest ``memory`` batches) and a restart fits the batch better: the switch to a
+        close task is found at once when the task before it was fitted well, without
+        lowering ``gamma`` for tasks fitted poorly.
+
         Learned per-parameter inner rates (OSAKA's optional ones) are the algorithm's
         ``metasgd`` inner rule.
 
@@ -108,6 +115,8 @@ class CMAML:
         revise: Ratio of the second look at each switch test (``None``: none).
         prolong_lr: Adam's rate for the prolonged steps (``None``: the inner rule's steps).
         prolong_steps: Steps of each prolonged adaptation (``None``: as ``steps``).
+        jump: Ratio of the second switch test, on the fast weights' loss against its level
+            on the current task (``None``: ``gamma``'s test alone).
         told_switches: Use the true switches (the oracle).
 
     References:
@@ -136,6 +145,7 @@ class CMAML:
         revise: float | None = None,
         prolong_lr: float | None = None,
         prolong_steps: int | None = None,
+        jump: float | None = None,
     ):
         if not lambda_ > 0:
             raise ValueError(f"lambda must be positive, got {lambda_}")
@@ -151,6 +161,9 @@ class CMAML:
             raise ValueError(f"prolong_lr is a positive rate or None, got {prolong_lr}")
         if prolong_steps is not None and prolong_steps < 1:
             raise ValueError(f"prolong_steps is a positive count or None, got {prolong_steps}")
+        if jump is not None and not jump > 1:
+            raise ValueError(f"jump is a ratio above 1 or None, got {jump}")
+        self.jump = jump
         self.prolong_lr = prolong_lr
         if prolong_steps is None:
             prolong_steps = algorithm.inner_steps if steps is None else steps
@@ -164,6 +177,10 @@ class CMAML:
         """The current task's latest batches (at most ``memory``), oldest first."""
         self.known: list[Params] = []
         """Fast weights of past tasks (at most ``library``), least recently used first."""
+        self.levels: list[float] = []
+        """The fast weights' losses on the current task's latest batches they predicted
+        (at most ``memory``; not the batch that began the task): the level a ``jump`` is
+        measured against."""
 
     def predict(self, meta: Params | None, x: torch.Tensor) -> torch.Tensor:
         return predict_with(self.algorithm, self.fast, meta, x)
@@ -175,18 +192,21 @@ class CMAML:
         fresh = adapted_afresh(algorithm, meta, x, y, self.steps)
         if not self.recent or self.fast is None:  # the stream's first batch
             self.fast, self.recent, self.alternative = fresh, [(x, y)], None
+            self.levels = []
             return OnlineUpdate(detected_switch=False)
         loss = loss_of(algorithm, self.fast, x, y)
         revised = None
         if self.alternative is not None:
             loss, revised = self._revised(loss, x, y)
+            if revised is not None:  # the task's batches are another hypothesis's now
+                self.levels = []
         # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
         # their loss can say nothing about the task, and it would scale the meta-update.
         lost = not math.isfinite(loss)
         restart = None
         if switch is None:  # the test: does another start fit the batch better by gamma?
             restart = self._best_restart(meta, fresh, x, y)
-            detected = lost or loss - restart[1] > self.gamma
+            detected = lost or loss - restart[1] > self.gamma or self._jumped(loss, restart[1])
         else:  # told the truth (the oracle): a restart is needed only at a switch
             detected = bool(switch)
         if detected or lost:
@@ -203,17 +223,29 @@ class CMAML:
                 del self.known[remembered]
             if not lost and self.library:
                 self.known = [*self.known, self.fast][-self.library :]
-            self.fast, self.recent = start, [(x, y)]
+            self.fast, self.recent, self.levels = start, [(x, y)], []
             return OnlineUpdate(None, detected, revised)
         before_x, before_y = self.recent[-1]
         task = TaskBatch(before_x[None], before_y[None], x[None], y[None])
         mean, _ = algorithm.meta_gradient(meta, task)
         gradient = scaled(mean, 1.0 - math.exp(-self.lambda_ * loss))
         self.recent = [*self.recent, (x, y)][-self.memory :]
+        self.levels = [*self.levels, loss][-self.memory :]
         self.fast = self._adapted(meta, self.fast, fresh, self.recent)
         if self.revise is not None and switch is None and self.fast is not fresh:
             self.alternative = _Hypothesis(fresh, [(x, y)], began=True, from_library=False)
         return OnlineUpdate(gradient, detected, revised)
+
+    def _jumped(self, loss: float, restart_loss: float) -> bool:
+        """The second switch test (``jump``): the fast weights' loss on the batch is more than
+        ``jump`` times the median of their losses on the current task's latest batches, and
+        a restart fits the batch better. A switch between two tasks that both fit well
+        (two small sinusoids) raises the loss far above its level while staying under
+        ``gamma``, an absolute difference set high enough not to fire within tasks that fit
+        poorly (the frequency mode)."""
+        if self.jump is None or not self.levels:
+            return False
+        return loss > self.jump * statistics.median(self.levels) and loss > restart_loss
 
     def _revised(self, loss: float, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool | None]:
         """The second look at the previous batch's switch test, on this batch: the fast
@@ -306,11 +338,13 @@ class CMAML:
             "fast": cloned(self.fast),
             "recent": list(self.recent),
             "known": [cloned(weights) for weights in self.known],
+            "levels": list(self.levels),
             "alternative": None if self.alternative is None else self.alternative.copied(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fast, self.recent = cloned(state["fast"]), list(state["recent"])
         self.known = [cloned(weights) for weights in state["known"]]
+        self.levels = list(state["levels"])
         alternative = state["alternative"]
         self.alternative = None if alternative is None else _Hypothesis(*alternative).copied()
