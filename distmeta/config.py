@@ -682,6 +682,10 @@ class _StreamSection(_Section):
     batch exceeds ``jump`` times its level on the current task (the median of their losses
     on its latest ``memory`` batches) and a restart fits the batch better (``None``: the
     ``gamma`` test alone)."""
+    fitted_test: bool = False
+    """C-MAML: ``gamma``'s test takes the fast weights' loss on the batch after they adapt on
+    it with the current task's latest ``memory`` batches, not before, so that a task fitted
+    poorly after its first batches does not look like a switch on its next."""
     prolong_lr: PositiveFloat | None = None
     """C-MAML: the prolonged adaptation (``prolonged``) takes Adam's steps at this rate, from a
     fresh Adam state at each batch, instead of the inner rule's (``None``): the fitting of a
@@ -735,9 +739,9 @@ class _StreamSection(_Section):
 
     @model_validator(mode="after")
     def _cmaml_options(self) -> _StreamSection:
-        """``memory``, ``library``, ``revise``, ``jump``, ``prolong_lr`` and ``prolong_steps`` are
-        C-MAML's: refused for another method rather than ignored, and the two ``prolong_``
-        keys without ``prolonged``."""
+        """``memory``, ``library``, ``revise``, ``jump``, ``fitted_test``, ``prolong_lr`` and
+        ``prolong_steps`` are C-MAML's: refused for another method rather than ignored, and
+        the two ``prolong_`` keys without ``prolonged``."""
         for key, meaning in (("prolong_lr", "rate"), ("prolong_steps", "step count")):
             value = getattr(self, key)
             if value is not None and not self.prolonged:
@@ -745,7 +749,7 @@ class _StreamSection(_Section):
                     f"{key}: {value} is the {meaning} of prolonged adaptation, and "
                     f"prolonged is false (set prolonged: true, or leave {key} unset)"
                 )
-        keys = ("memory", "library", "revise", "jump", "prolong_lr", "prolong_steps")
+        keys = ("memory", "library", "revise", "jump", "fitted_test", "prolong_lr", "prolong_steps")
         defaults = {key: type(self).model_fields[key].default for key in keys}
         values = {key: getattr(self, key) for key in defaults}
         changed = {key: value for key, value in values.items() if value != defaults[key]}

@@ -536,6 +536,7 @@ ONLINE_METHODS: dict[
         library=spec.library,
         revise=spec.revise,
         jump=spec.jump,
+        fitted_test=spec.fitted_test,
         prolong_lr=spec.prolong_lr,
         prolong_steps=spec.prolong_steps,
     ),

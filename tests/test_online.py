@@ -383,6 +383,27 @@ def test_cmaml_jump_finds_a_switch_between_two_well_fitted_tasks_at_once():
         CMAML(algorithm, gamma=1.0, lambda_=1.0, jump=1.0)
 
 
+def test_cmaml_fitted_test_does_not_take_a_task_fitted_poorly_for_a_switch():
+    """A task seen first on a narrow range (x in [0, 0.1]) is fitted poorly there, so its
+    next batch (x in [0.9, 1]) is predicted badly: before they see it, the fast weights lose
+    far more on it than weights adapted on it, and ``gamma``'s test declares a switch. With
+    ``fitted_test`` the fast weights adapt on both batches first and fit the task: no
+    switch. The real switch (slope 3 to -3) is found either way."""
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    generator = torch.Generator().manual_seed(0)
+
+    def batch(step, low, high, slope):
+        x = low + (high - low) * torch.rand(10, 1, generator=generator)
+        return StreamBatch(step, x, slope * x, 0, False, 0)
+
+    batches = [batch(0, 0, 0.1, 3.0), batch(1, 0.9, 1, 3.0), batch(2, 0, 1, 3.0)]
+    batches.append(batch(3, 0, 1, -3.0))
+    for fitted, expected in [(False, [False, True, False, True]), (True, [False] * 3 + [True])]:
+        learner = CMAML(algorithm, 1.0, 1.0, steps=5, memory=2, fitted_test=fitted)
+        assert [learner.observe(meta, b.x, b.y).detected_switch for b in batches] == expected
+
+
 def test_cmaml_revising_withdraws_switches_declared_within_a_task():
     """A threshold every batch clears: each batch is declared a switch and restarts the
     fast weights from the meta-parameters. On the next batch the weights that went on with
@@ -542,7 +563,9 @@ def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
     algorithm = _linear_algorithm()
     meta = {name: p + 0.2 for name, p in _zero(algorithm).items()}
     build = {
-        "cmaml": lambda: CMAML(algorithm, 0.5, 1.0, memory=3, library=2, revise=0.9, jump=3.0),
+        "cmaml": lambda: CMAML(
+            algorithm, 0.5, 1.0, memory=3, library=2, revise=0.9, jump=3.0, fitted_test=True
+        ),
         "ftml": lambda: FTML(algorithm, 0.5, 4, 3, 2, np.random.default_rng(3)),
         "finetune": lambda: OnlineTraining(algorithm, meta, 0.05),
         "frozen_meta": lambda: FrozenMeta(algorithm, meta),

@@ -367,6 +367,7 @@ def test_stream_configs_build_their_streams_and_pendulum_its_task_source(marked_
         ({"stream": {"revise": 0}}, "stream.revise"),
         ({"stream": {"method": "ftml", "jump": 8}}, "jump: 8.0 apply to method cmaml only"),
         ({"stream": {"jump": 1}}, "stream.jump"),
+        ({"stream": {"method": "ftml", "fitted_test": True}}, "fitted_test: True apply to"),
         ({"stream": {"method": "ftml", "prolong_lr": 0.01}}, "prolong_lr: 0.01 apply to method"),
         ({"stream": {"prolonged": False, "prolong_lr": 0.01}}, "prolonged is false"),
         ({"stream": {"prolong_lr": 0}}, "stream.prolong_lr"),

@@ -92,6 +92,14 @@ class CMAML:
         old one stays under ``gamma`` (found one batch late here), and a task fitted poorly
         after a few batches looks like another task (withdrawn here).
 
+        With ``fitted_test``, ``gamma``'s test compares the weights adapted afresh on the
+        batch with the fast weights adapted further on it (with the current task's latest
+        ``memory`` batches), both having seen it, instead of with the fast weights before
+        they see it: a task fitted poorly after its first batch predicts its second badly,
+        and before it looked like a switch there (the frequency mode); the task's batches
+        fitted together fit it. A switch still shows: the old task's batches pull the fit
+        away from the new one.
+
         With ``jump``, a switch is also declared where the fast weights' loss on the batch
         exceeds ``jump`` times its level on the current task (the median of their losses on
         its latest ``memory`` batches) and a restart fits the batch better: the switch to a
@@ -117,6 +125,8 @@ class CMAML:
         prolong_steps: Steps of each prolonged adaptation (``None``: as ``steps``).
         jump: Ratio of the second switch test, on the fast weights' loss against its level
             on the current task (``None``: ``gamma``'s test alone).
+        fitted_test: ``gamma``'s test takes the fast weights' loss on the batch after they
+            adapt on it with the task's latest batches, not before.
         told_switches: Use the true switches (the oracle).
 
     References:
@@ -146,6 +156,7 @@ class CMAML:
         prolong_lr: float | None = None,
         prolong_steps: int | None = None,
         jump: float | None = None,
+        fitted_test: bool = False,
     ):
         if not lambda_ > 0:
             raise ValueError(f"lambda must be positive, got {lambda_}")
@@ -163,7 +174,7 @@ class CMAML:
             raise ValueError(f"prolong_steps is a positive count or None, got {prolong_steps}")
         if jump is not None and not jump > 1:
             raise ValueError(f"jump is a ratio above 1 or None, got {jump}")
-        self.jump = jump
+        self.jump, self.fitted_test = jump, fitted_test
         self.prolong_lr = prolong_lr
         if prolong_steps is None:
             prolong_steps = algorithm.inner_steps if steps is None else steps
@@ -203,18 +214,27 @@ class CMAML:
         # Fast weights that diverged (a non-finite loss) are restarted like after a switch:
         # their loss can say nothing about the task, and it would scale the meta-update.
         lost = not math.isfinite(loss)
+        held = [*self.recent, (x, y)][-self.memory :]
+        # The fast weights adapted further on the task's batches if it holds, computed once
+        # for the fitted test, the second look and the task going on.
+        continued = None
         restart = None
         if switch is None:  # the test: does another start fit the batch better by gamma?
             restart = self._best_restart(meta, fresh, x, y)
-            detected = lost or loss - restart[1] > self.gamma or self._jumped(loss, restart[1])
+            tested = loss
+            if self.fitted_test and not lost:
+                continued = self._adapted(meta, self.fast, fresh, held)
+                tested = loss_of(algorithm, continued, x, y)
+            detected = lost or tested - restart[1] > self.gamma or self._jumped(loss, restart[1])
         else:  # told the truth (the oracle): a restart is needed only at a switch
             detected = bool(switch)
         if detected or lost:
             start, _, remembered = restart or self._best_restart(meta, fresh, x, y)
             if self.revise is not None and switch is None and not lost:
-                held = [*self.recent, (x, y)][-self.memory :]
+                if continued is None:
+                    continued = self._adapted(meta, self.fast, fresh, held)
                 self.alternative = _Hypothesis(
-                    self._adapted(meta, self.fast, fresh, held),
+                    continued,
                     held,
                     began=False,
                     from_library=remembered is not None,
@@ -229,9 +249,11 @@ class CMAML:
         task = TaskBatch(before_x[None], before_y[None], x[None], y[None])
         mean, _ = algorithm.meta_gradient(meta, task)
         gradient = scaled(mean, 1.0 - math.exp(-self.lambda_ * loss))
-        self.recent = [*self.recent, (x, y)][-self.memory :]
+        self.recent = held
         self.levels = [*self.levels, loss][-self.memory :]
-        self.fast = self._adapted(meta, self.fast, fresh, self.recent)
+        if continued is None:
+            continued = self._adapted(meta, self.fast, fresh, held)
+        self.fast = continued
         if self.revise is not None and switch is None and self.fast is not fresh:
             self.alternative = _Hypothesis(fresh, [(x, y)], began=True, from_library=False)
         return OnlineUpdate(gradient, detected, revised)
