@@ -51,7 +51,9 @@ def _slopes(slopes: list[float], seed: int = 0, noise: float = 0.0) -> list[Stre
     batches = []
     for step, slope in enumerate(slopes):
         x = torch.rand(10, 1, generator=generator) * 2 - 1
-        y = slope * x + noise * torch.randn(10, 1, generator=generator)
+        y = slope * x
+        if noise:  # drawn only then: the noiseless streams keep their points
+            y = y + noise * torch.randn(10, 1, generator=generator)
         switch = step > 0 and slope != slopes[step - 1]
         batches.append(StreamBatch(step, x, y, 0, switch, 0))
     return batches
