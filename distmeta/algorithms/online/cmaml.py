@@ -200,7 +200,7 @@ class CMAML:
         self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None
     ) -> OnlineUpdate:
         algorithm = self.algorithm
-        fresh = adapted_afresh(algorithm, meta, x, y, self.steps)
+        fresh, fresh_loss = adapted_afresh(algorithm, meta, x, y, self.steps)
         if not self.recent or self.fast is None:  # the stream's first batch
             self.fast, self.recent, self.alternative = fresh, [(x, y)], None
             self.levels = []
@@ -220,7 +220,7 @@ class CMAML:
         continued = None
         restart = None
         if switch is None:  # the test: does another start fit the batch better by gamma?
-            restart = self._best_restart(meta, fresh, x, y)
+            restart = self._best_restart(meta, fresh, fresh_loss, x, y)
             tested = loss
             if self.fitted_test and not lost:
                 continued = self._adapted(meta, self.fast, fresh, held)
@@ -229,7 +229,7 @@ class CMAML:
         else:  # told the truth (the oracle): a restart is needed only at a switch
             detected = bool(switch)
         if detected or lost:
-            start, _, remembered = restart or self._best_restart(meta, fresh, x, y)
+            start, _, remembered = restart or self._best_restart(meta, fresh, fresh_loss, x, y)
             if self.revise is not None and switch is None and not lost:
                 if continued is None:
                     continued = self._adapted(meta, self.fast, fresh, held)
@@ -294,14 +294,19 @@ class CMAML:
         return other, other_hypothesis.began
 
     def _best_restart(
-        self, meta: Params | None, fresh: Params, x: torch.Tensor, y: torch.Tensor
+        self,
+        meta: Params | None,
+        fresh: Params,
+        fresh_loss: float,
+        x: torch.Tensor,
+        y: torch.Tensor,
     ) -> tuple[Params, float, int | None]:
         """Of the weights adapted afresh on ``(x, y)`` and each remembered task's weights
         adapted further on it, the one with the lowest loss on it: the weights, that loss,
         and the remembered task's place in the library (``None`` for the fresh weights).
         Both kinds are scored on the batch they adapted on, so neither is favoured."""
         algorithm = self.algorithm
-        best, best_loss, place = fresh, loss_of(algorithm, fresh, x, y), None
+        best, best_loss, place = fresh, fresh_loss, None
         for index, weights in enumerate(self.known):
             adapted = algorithm.adapt_further(meta, weights, x, y, self.steps)
             adapted_loss = loss_of(algorithm, adapted, x, y)
@@ -332,7 +337,9 @@ class CMAML:
             further = self._prolong(meta, fast, x, y)
             if loss_of(algorithm, further, x, y) <= before:
                 return further
-        afresh = fresh if len(batches) == 1 else adapted_afresh(algorithm, meta, x, y, self.steps)
+        afresh = fresh
+        if len(batches) > 1:
+            afresh = adapted_afresh(algorithm, meta, x, y, self.steps).weights
         if not self.prolonged:
             return afresh
         return afresh if loss_of(algorithm, afresh, x, y) < before else fast

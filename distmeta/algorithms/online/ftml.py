@@ -88,10 +88,7 @@ class FTML:
 
     def _switched(self, meta: Params, x: torch.Tensor, y: torch.Tensor) -> bool:
         fresh = adapted_afresh(self.algorithm, meta, x, y, self.steps)
-        return (
-            loss_of(self.algorithm, self.fast, x, y) - loss_of(self.algorithm, fresh, x, y)
-            > self.gamma
-        )
+        return loss_of(self.algorithm, self.fast, x, y) - fresh.loss > self.gamma
 
     def observe(
         self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None
@@ -110,7 +107,7 @@ class FTML:
         gradient = self._meta_gradient(meta)
         support_x = torch.cat([bx for bx, _ in current])
         support_y = torch.cat([by for _, by in current])
-        self.fast = adapted_afresh(self.algorithm, meta, support_x, support_y, self.steps)
+        self.fast = adapted_afresh(self.algorithm, meta, support_x, support_y, self.steps).weights
         return OnlineUpdate(gradient, detected)
 
     def _meta_gradient(self, meta: Params) -> Params | None:

@@ -9,7 +9,7 @@ share a set of meta-parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -17,6 +17,7 @@ from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
 
 __all__ = [
+    "Afresh",
     "OnlineLearner",
     "OnlineUpdate",
     "adapted_afresh",
@@ -104,13 +105,21 @@ def loss_of(algorithm: MetaAlgorithm, weights: Params, x: torch.Tensor, y: torch
         return float(algorithm.loss_fn(algorithm.forward(weights, x), y))
 
 
+class Afresh(NamedTuple):
+    """Weights adapted afresh on a batch, and their loss on it (scored once, used by the
+    switch tests too)."""
+
+    weights: Params
+    loss: float
+
+
 def adapted_afresh(
     algorithm: MetaAlgorithm,
     meta: Params,
     x: torch.Tensor,
     y: torch.Tensor,
     steps: int | None,
-) -> Params:
+) -> Afresh:
     """The weights adapted afresh from the meta-parameters ``meta`` on ``(x, y)`` by the
     algorithm's inner loop (``steps`` steps), unless that adaptation did not lower their loss
     on it: the inner rate overshot on a task steeper than the start was meta-trained for (a
@@ -121,6 +130,7 @@ def adapted_afresh(
     undetected)."""
     adapted = algorithm.adapt(meta, x, y, steps)
     start = cloned(algorithm.model_params(meta))
-    if loss_of(algorithm, adapted, x, y) < loss_of(algorithm, start, x, y):
-        return adapted
-    return start
+    adapted_loss, start_loss = loss_of(algorithm, adapted, x, y), loss_of(algorithm, start, x, y)
+    if adapted_loss < start_loss:
+        return Afresh(adapted, adapted_loss)
+    return Afresh(start, start_loss)
