@@ -12,6 +12,7 @@ import torch
 from distmeta.algorithms.base import MetaAlgorithm
 from distmeta.algorithms.inner import Params
 from distmeta.algorithms.online.method import (
+    Afresh,
     OnlineUpdate,
     adapted_afresh,
     cloned,
@@ -200,9 +201,9 @@ class CMAML:
         self, meta: Params | None, x: torch.Tensor, y: torch.Tensor, switch: bool | None = None
     ) -> OnlineUpdate:
         algorithm = self.algorithm
-        fresh, fresh_loss = adapted_afresh(algorithm, meta, x, y, self.steps)
+        fresh = adapted_afresh(algorithm, meta, x, y, self.steps)
         if not self.recent or self.fast is None:  # the stream's first batch
-            self.fast, self.recent, self.alternative = fresh, [(x, y)], None
+            self.fast, self.recent, self.alternative = fresh.weights, [(x, y)], None
             self.levels = []
             return OnlineUpdate(detected_switch=False)
         loss = loss_of(algorithm, self.fast, x, y)
@@ -220,7 +221,7 @@ class CMAML:
         continued = None
         restart = None
         if switch is None:  # the test: does another start fit the batch better by gamma?
-            restart = self._best_restart(meta, fresh, fresh_loss, x, y)
+            restart = self._best_restart(meta, fresh, x, y)
             tested = loss
             if self.fitted_test and not lost:
                 continued = self._adapted(meta, self.fast, fresh, held)
@@ -229,7 +230,7 @@ class CMAML:
         else:  # told the truth (the oracle): a restart is needed only at a switch
             detected = bool(switch)
         if detected or lost:
-            start, _, remembered = restart or self._best_restart(meta, fresh, fresh_loss, x, y)
+            start, _, remembered = restart or self._best_restart(meta, fresh, x, y)
             if self.revise is not None and switch is None and not lost:
                 if continued is None:
                     continued = self._adapted(meta, self.fast, fresh, held)
@@ -254,8 +255,8 @@ class CMAML:
         if continued is None:
             continued = self._adapted(meta, self.fast, fresh, held)
         self.fast = continued
-        if self.revise is not None and switch is None and self.fast is not fresh:
-            self.alternative = _Hypothesis(fresh, [(x, y)], began=True, from_library=False)
+        if self.revise is not None and switch is None and self.fast is not fresh.weights:
+            self.alternative = _Hypothesis(fresh.weights, [(x, y)], began=True, from_library=False)
         return OnlineUpdate(gradient, detected, revised)
 
     def _jumped(self, loss: float, restart_loss: float) -> bool:
@@ -294,19 +295,14 @@ class CMAML:
         return other, other_hypothesis.began
 
     def _best_restart(
-        self,
-        meta: Params | None,
-        fresh: Params,
-        fresh_loss: float,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        self, meta: Params | None, fresh: Afresh, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[Params, float, int | None]:
         """Of the weights adapted afresh on ``(x, y)`` and each remembered task's weights
         adapted further on it, the one with the lowest loss on it: the weights, that loss,
         and the remembered task's place in the library (``None`` for the fresh weights).
         Both kinds are scored on the batch they adapted on, so neither is favoured."""
         algorithm = self.algorithm
-        best, best_loss, place = fresh, fresh_loss, None
+        best, best_loss, place = fresh.weights, fresh.loss, None
         for index, weights in enumerate(self.known):
             adapted = algorithm.adapt_further(meta, weights, x, y, self.steps)
             adapted_loss = loss_of(algorithm, adapted, x, y)
@@ -318,7 +314,7 @@ class CMAML:
         self,
         meta: Params | None,
         fast: Params,
-        fresh: Params,
+        fresh: Afresh,
         batches: Batches,
     ) -> Params:
         """The fast weights ``fast`` after more inner steps on the current task's ``batches``
@@ -328,7 +324,8 @@ class CMAML:
         steps are then rejected, and of ``fast`` and the weights adapted afresh from the
         meta-parameters on the batches the one with the lower loss on them is kept. Without
         ``prolonged``, the weights adapted afresh. ``fresh`` is the weights adapted afresh on
-        the newest batch alone."""
+        the newest batch alone, with their loss on it (reused where ``batches`` is that
+        batch)."""
         algorithm = self.algorithm
         x = torch.cat([batch_x for batch_x, _ in batches])
         y = torch.cat([batch_y for _, batch_y in batches])
@@ -337,12 +334,10 @@ class CMAML:
             further = self._prolong(meta, fast, x, y)
             if loss_of(algorithm, further, x, y) <= before:
                 return further
-        afresh = fresh
-        if len(batches) > 1:
-            afresh = adapted_afresh(algorithm, meta, x, y, self.steps).weights
+        afresh = fresh if len(batches) == 1 else adapted_afresh(algorithm, meta, x, y, self.steps)
         if not self.prolonged:
-            return afresh
-        return afresh if loss_of(algorithm, afresh, x, y) < before else fast
+            return afresh.weights
+        return afresh.weights if afresh.loss < before else fast
 
     def _prolong(
         self, meta: Params | None, fast: Params, x: torch.Tensor, y: torch.Tensor
