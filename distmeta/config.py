@@ -688,9 +688,9 @@ class _StreamSection(_Section):
     poorly after its first batches does not look like a switch on its next."""
     prolong_lr: PositiveFloat | None = None
     """C-MAML: the prolonged adaptation (``prolonged``) takes Adam's steps at this rate, from a
-    fresh Adam state at each batch, instead of the inner rule's (``None``): the fitting of a
-    task over the batches it lasts is not the few-step adaptation the start was meta-trained
-    for."""
+    fresh Adam state at each batch, and keeps the iterate that fits the task's batches best,
+    instead of the inner rule's steps (``None``): the fitting of a task over the batches it
+    lasts is not the few-step adaptation the start was meta-trained for."""
     prolong_steps: PositiveInt | None = None
     """C-MAML: steps of each prolonged adaptation (``prolonged``), the inner rule's or Adam's
     (``prolong_lr``); ``None``: as many as ``adapt_steps``. A task fitted over many batches

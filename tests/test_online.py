@@ -188,10 +188,11 @@ def test_cmaml_prolongs_with_adam_at_prolong_lr_from_a_fresh_state_each_batch(
     """With ``prolong_lr`` the fast weights go on by Adam's steps (``prolong_steps`` of them,
     or as many as the inner loop's) on each batch of the task, each batch from a fresh Adam
     state: the reference is ``torch.optim.Adam`` on an ``nn.Linear`` holding the same
-    weights. The first batch and the restarts are still the inner loop's three steps."""
+    weights, at a rate where every step lowers the loss (the next test has steps that
+    overshoot). The first batch and the restarts are still the inner loop's three steps."""
     algorithm = _linear_algorithm(inner_steps=3)
     meta = _zero(algorithm)
-    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0, prolong_lr=0.05, prolong_steps=prolong_steps)
+    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0, prolong_lr=0.02, prolong_steps=prolong_steps)
     reference = torch.nn.Linear(1, 1)
     for step, batch in enumerate(_slopes([1.5] * 4)):
         learner.observe(meta, batch.x, batch.y)
@@ -201,17 +202,51 @@ def test_cmaml_prolongs_with_adam_at_prolong_lr_from_a_fresh_state_each_batch(
                 reference.weight.copy_(expected["net.0.weight"])
                 reference.bias.copy_(expected["net.0.bias"])
         else:
-            adam = torch.optim.Adam(reference.parameters(), lr=0.05)
+            adam = torch.optim.Adam(reference.parameters(), lr=0.02)
+            losses = []
             for _ in range(adam_steps):
                 adam.zero_grad()
-                F.mse_loss(reference(batch.x), batch.y).backward()
+                loss = F.mse_loss(reference(batch.x), batch.y)
+                losses.append(float(loss))
+                loss.backward()
                 adam.step()
+            assert losses == sorted(losses, reverse=True)  # every step descends: the last is best
         torch.testing.assert_close(learner.fast["net.0.weight"], reference.weight.detach())
         torch.testing.assert_close(learner.fast["net.0.bias"], reference.bias.detach())
     with pytest.raises(ValueError, match="prolong_lr"):
         CMAML(algorithm, gamma=1.0, lambda_=1.0, prolong_lr=0.0)
     with pytest.raises(ValueError, match="prolong_steps"):
         CMAML(algorithm, gamma=1.0, lambda_=1.0, prolong_steps=0)
+
+
+def test_cmaml_prolonged_adam_keeps_its_best_iterate_where_later_steps_overshoot():
+    """Adam at a rate too large for the batch (0.5 on a slope the fast weights nearly fit):
+    its loss falls for four steps and rises over the last two. The fast weights are the
+    iterate after the fourth step, the one of all seven (the start included) that fits the
+    batch best, not the last one, and not a rejection of all six steps."""
+    algorithm = _linear_algorithm()
+    meta = _zero(algorithm)
+    first, second = _slopes([1.5, 1.5])
+    learner = CMAML(algorithm, gamma=1e9, lambda_=1.0, prolong_lr=0.5, prolong_steps=6)
+    learner.observe(meta, first.x, first.y)
+    reference = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        reference.weight.copy_(learner.fast["net.0.weight"])
+        reference.bias.copy_(learner.fast["net.0.bias"])
+    adam = torch.optim.Adam(reference.parameters(), lr=0.5)
+    iterates, losses = [], []
+    for step in range(7):
+        iterates.append([p.detach().clone() for p in (reference.weight, reference.bias)])
+        losses.append(float(F.mse_loss(reference(second.x), second.y)))
+        if step < 6:
+            adam.zero_grad()
+            F.mse_loss(reference(second.x), second.y).backward()
+            adam.step()
+    best = min(range(7), key=losses.__getitem__)
+    assert best == 4 and losses[6] > 10 * losses[4]
+    learner.observe(meta, second.x, second.y)
+    torch.testing.assert_close(learner.fast["net.0.weight"], iterates[best][0])
+    torch.testing.assert_close(learner.fast["net.0.bias"], iterates[best][1])
 
 
 @pytest.mark.parametrize("prolonged", [True, False])

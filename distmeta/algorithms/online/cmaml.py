@@ -70,7 +70,8 @@ class CMAML:
         overshooting on a steep task) are rejected, and an adaptation afresh from the
         meta-parameters on that set replaces the fast weights if it fits it better. With
         ``prolong_lr``, those prolonged steps are Adam's at that rate (from a fresh Adam state
-        at each batch) instead of the inner rule's: the inner rule and its rate are what the
+        at each batch, keeping the iterate that fits the batches best, so that they are never
+        rejected whole) instead of the inner rule's: the inner rule and its rate are what the
         start was meta-trained to adapt with in a few steps, while fitting a task over the
         many batches it lasts, out-of-distribution tasks above all, is ordinary training
         (on the sinusoid stream Adam's per-coordinate steps fitted the frequency mode's tasks
@@ -331,8 +332,8 @@ class CMAML:
         y = torch.cat([batch_y for _, batch_y in batches])
         if self.prolonged:
             before = loss_of(algorithm, fast, x, y)
-            further = self._prolong(meta, fast, x, y)
-            if loss_of(algorithm, further, x, y) <= before:
+            further, further_loss = self._prolong(meta, fast, x, y)
+            if further_loss <= before:
                 return further
         afresh = fresh if len(batches) == 1 else adapted_afresh(algorithm, meta, x, y, self.steps)
         if not self.prolonged:
@@ -341,21 +342,34 @@ class CMAML:
 
     def _prolong(
         self, meta: Params | None, fast: Params, x: torch.Tensor, y: torch.Tensor
-    ) -> Params:
-        """``fast`` after the ``prolong_steps`` prolonged steps on ``(x, y)``: the inner rule's,
-        or with ``prolong_lr`` Adam's (its state fresh: nothing to carry between batches or
-        processes)."""
+    ) -> tuple[Params, float]:
+        """``fast`` after the ``prolong_steps`` prolonged steps on ``(x, y)``, with their loss
+        on it: the inner rule's steps, or with ``prolong_lr`` Adam's (its state fresh: nothing
+        to carry between batches or processes). Adam's adaptation keeps its best iterate, the
+        one of ``fast`` and the weights after each step with the lowest loss on ``(x, y)``: a
+        step that overshoots (a fresh Adam state's first steps are a full ``prolong_lr`` in
+        every coordinate) costs the steps after it, not the progress before it. Rejected
+        whole, it left a task fitted poorly for good where its later batches kept
+        overshooting (BENCHMARKS.md, "Streams", stop 42)."""
         algorithm = self.algorithm
         if self.prolong_lr is None:
-            return algorithm.adapt_further(meta, fast, x, y, self.prolong_steps)
+            further = algorithm.adapt_further(meta, fast, x, y, self.prolong_steps)
+            return further, loss_of(algorithm, further, x, y)
         weights = {name: p.detach().clone().requires_grad_() for name, p in fast.items()}
         optimizer = torch.optim.Adam(weights.values(), lr=self.prolong_lr)
+        best, best_loss = fast, math.inf
         with torch.enable_grad():
             for _ in range(self.prolong_steps):
                 optimizer.zero_grad()
-                algorithm.loss_fn(algorithm.forward(weights, x), y).backward()
+                loss = algorithm.loss_fn(algorithm.forward(weights, x), y)
+                if loss.item() < best_loss:  # the iterate before this step
+                    best = {name: p.detach().clone() for name, p in weights.items()}
+                    best_loss = loss.item()
+                loss.backward()
                 optimizer.step()
-        return {name: p.detach() for name, p in weights.items()}
+        final = {name: p.detach() for name, p in weights.items()}
+        final_loss = loss_of(algorithm, final, x, y)
+        return (final, final_loss) if final_loss < best_loss else (best, best_loss)
 
     def state_dict(self) -> dict[str, Any]:
         return {
