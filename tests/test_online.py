@@ -223,7 +223,7 @@ def test_cmaml_prolonged_adam_keeps_its_best_iterate_where_later_steps_overshoot
     """Adam at a rate too large for the batch (0.5 on a slope the fast weights nearly fit):
     its loss falls for four steps and rises over the last two. The fast weights are the
     iterate after the fourth step, the one of all seven (the start included) that fits the
-    batch best, not the last one, and not a rejection of all six steps."""
+    batch best, not the last one (which the code before kept: it fits better than the start)."""
     algorithm = _linear_algorithm()
     meta = _zero(algorithm)
     first, second = _slopes([1.5, 1.5])
