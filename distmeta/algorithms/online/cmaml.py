@@ -347,8 +347,8 @@ class CMAML:
         on it: the inner rule's steps, or with ``prolong_lr`` Adam's (its state fresh: nothing
         to carry between batches or processes). Adam's adaptation keeps its best iterate, the
         one of ``fast`` and the weights after each step with the lowest loss on ``(x, y)``: a
-        step that overshoots (a fresh Adam state's first steps are a full ``prolong_lr`` in
-        every coordinate) costs the steps after it, not the progress before it. Rejected
+        step that overshoots (from a fresh Adam state the first step is a full ``prolong_lr``
+        in every coordinate) costs the steps after it, not the progress before it. Rejected
         whole, it left a task fitted poorly for good where its later batches kept
         overshooting (BENCHMARKS.md, "Streams", stop 42)."""
         algorithm = self.algorithm
@@ -362,9 +362,10 @@ class CMAML:
             for _ in range(self.prolong_steps):
                 optimizer.zero_grad()
                 loss = algorithm.loss_fn(algorithm.forward(weights, x), y)
-                if loss.item() < best_loss:  # the iterate before this step
+                value = loss.item()
+                if value < best_loss:  # the iterate before this step
                     best = {name: p.detach().clone() for name, p in weights.items()}
-                    best_loss = loss.item()
+                    best_loss = value
                 loss.backward()
                 optimizer.step()
         final = {name: p.detach() for name, p in weights.items()}
