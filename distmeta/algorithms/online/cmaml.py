@@ -326,10 +326,13 @@ class CMAML:
         meta-parameters on the batches the one with the lower loss on them is kept. Without
         ``prolonged``, the weights adapted afresh. ``fresh`` is the weights adapted afresh on
         the newest batch alone, with their loss on it (reused where ``batches`` is that
-        batch)."""
+        batch). Adam's prolonged steps (``prolong_lr``) are never rejected: their best
+        iterate, ``fast`` included, is kept, so ``fast`` is not scored here a second time."""
         algorithm = self.algorithm
         x = torch.cat([batch_x for batch_x, _ in batches])
         y = torch.cat([batch_y for _, batch_y in batches])
+        if self.prolonged and self.prolong_lr is not None:
+            return self._prolong(meta, fast, x, y)[0]
         if self.prolonged:
             before = loss_of(algorithm, fast, x, y)
             further, further_loss = self._prolong(meta, fast, x, y)
