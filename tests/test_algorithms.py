@@ -327,6 +327,28 @@ def test_adapt_runs_the_inner_loop_of_one_task():
     _assert_close(task_params, {k: v.detach() for k, v in expected.items()})
 
 
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_adapt_scored_is_adapt_with_the_loss_before_adapting(conv, steps):
+    """The loss of the unadapted weights, taken from the first inner step's forward pass,
+    equals to the bit that of running the model again (the Conv4 has batch norm); with no
+    step it is computed anyway. A learned rule's rates are not model weights."""
+    if conv:
+        model, batch = _conv4_batch(tasks=1)
+        algo = dm.algorithms.MAML(model, F.cross_entropy, inner_lr=0.4, inner_steps=2)
+    else:
+        model, batch = _mlp(), _sinusoid_batch(tasks=1)
+        rule = dm.algorithms.MetaSGDRule(0.05)
+        algo = dm.algorithms.MAML(model, F.mse_loss, inner_rule=rule, inner_steps=2)
+    params = algo.init_params()
+    sx, sy, _, _ = batch.task(0)
+    weights, start_loss = algo.adapt_scored(params, sx, sy, steps)
+    _assert_close(weights, algo.adapt(params, sx, sy, steps), rtol=0, atol=0)
+    start = algo.model_params(params)
+    with torch.no_grad():
+        assert start_loss == float(algo.loss_fn(algo.forward(start, sx), sy))
+
+
 def _conv4_batch(tasks=5, shots=2, queries=3):
     torch.manual_seed(0)
     model = dm.models.Conv4(in_channels=1, out_features=3, hidden=4, image_size=16).double()

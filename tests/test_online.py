@@ -21,6 +21,7 @@ from distmeta.algorithms.online import (
     OnlineUpdate,
     prequential_step,
 )
+from distmeta.algorithms.online.method import adapted_afresh, loss_of
 from distmeta.config import parse_config
 from distmeta.engine.fleet import run_chunk
 from distmeta.experiment import (
@@ -491,6 +492,28 @@ def test_adapt_further_continues_the_inner_loop():
         torch.testing.assert_close(value, two[name])
     with pytest.raises(ValueError, match="fast weights"):
         algorithm.adapt_further(params, params, batch.x, batch.y)
+
+
+@pytest.mark.parametrize("overshoots", [False, True])
+def test_adapted_afresh_runs_the_model_once_per_step_and_once_to_score(overshoots):
+    """Adapting afresh scores the adapted weights against the unadapted ones without running
+    the model for the latter: the first inner step's forward pass has their loss. Where the
+    rate overshoots, the unadapted weights come back with that loss."""
+    algorithm = MAML(dm.models.MLP(1, (8,), 1), F.mse_loss, inner_lr=50.0 if overshoots else 0.05)
+    meta = algorithm.init_params()
+    (batch,) = _slopes([0.5])
+    forward, calls = algorithm.forward, []
+    algorithm.forward = lambda weights, x: calls.append(x) or forward(weights, x)
+    afresh = adapted_afresh(algorithm, meta, batch.x, batch.y, 3)
+    algorithm.forward = forward
+    assert len(calls) == 3 + 1
+    start_loss = loss_of(algorithm, meta, batch.x, batch.y)
+    assert (afresh.loss == start_loss) is overshoots
+    if overshoots:
+        for name, value in afresh.weights.items():
+            assert torch.equal(value, meta[name])
+    else:
+        assert afresh.loss < start_loss
 
 
 # --- FTML -----------------------------------------------------------------------------------

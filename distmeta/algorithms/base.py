@@ -198,6 +198,13 @@ class MetaAlgorithm(ABC):
     def _loss(self, fast: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.forward(fast, x), y)
 
+    def _loss_and_value(
+        self, fast: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss, and its value detached (an auxiliary output of its gradient)."""
+        loss = self._loss(fast, x, y)
+        return loss, loss.detach()
+
     def _inner_loop(
         self,
         meta: Params,
@@ -206,18 +213,24 @@ class MetaAlgorithm(ABC):
         steps: int,
         rule: InnerRule | None = None,
         observe: Callable[[Params], None] | None = None,
+        losses: list[torch.Tensor] | None = None,
     ) -> Params:
         """Fast weights after ``steps`` steps of ``rule`` (default: the algorithm's) on the
         support set; differentiable through ``meta`` when called under a
         :func:`~distmeta.algorithms.differentiate.grad` of ``meta``. ``observe`` sees the
-        fast weights before the first step and after each one."""
+        fast weights before the first step and after each one; ``losses`` receives the
+        support loss (detached) that each step's gradient is taken of."""
         rule = rule or self.inner_rule
         fast = self.model_params(meta)
         state = rule.init(meta, fast)
         if observe is not None:
             observe(fast)
         for _ in range(steps):
-            grads = grad(self._loss)(fast, sx, sy)
+            if losses is None:
+                grads = grad(self._loss)(fast, sx, sy)
+            else:
+                grads, loss = grad(self._loss_and_value, has_aux=True)(fast, sx, sy)
+                losses.append(loss)
             fast, state = rule.step(meta, fast, grads, state)
             if observe is not None:
                 observe(fast)
@@ -295,6 +308,27 @@ class MetaAlgorithm(ABC):
         steps = self._steps(steps)
         rule = self._rule_at(inner_lr)
         return _detached(self._inner_loop(_detached(params), support_x, support_y, steps, rule))
+
+    def adapt_scored(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int | None = None,
+    ) -> tuple[Params, float]:
+        """:meth:`adapt`'s weights, and the loss that the weights it starts from (the model's
+        weights in ``params``, unadapted) have on the support set. The first inner step's
+        forward pass computes that loss, so a caller that compares an adaptation with none
+        (an online learner that must not take weights an overshooting inner rate made worse)
+        does not run the model on the support set once more for it."""
+        self._check_params(params)
+        steps = self._steps(steps)
+        losses: list[torch.Tensor] = []
+        fast = self._inner_loop(_detached(params), support_x, support_y, steps, losses=losses)
+        if not losses:  # no step took the loss
+            with torch.no_grad():
+                losses.append(self._loss(self.model_params(params), support_x, support_y))
+        return _detached(fast), float(losses[0])
 
     def adapt_further(
         self,

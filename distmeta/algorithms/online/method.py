@@ -127,10 +127,9 @@ def adapted_afresh(
     A learner restarting at a switch must never take weights whose loss is not finite (the
     sinusoid's oracle did, BENCHMARKS.md, "Streams", stop 40), and a switch test must not
     compare with them (a loss minus NaN is never above a threshold: the switch goes
-    undetected)."""
-    adapted = algorithm.adapt(meta, x, y, steps)
-    start = cloned(algorithm.model_params(meta))
-    adapted_loss, start_loss = loss_of(algorithm, adapted, x, y), loss_of(algorithm, start, x, y)
+    undetected). The meta-parameters' own loss comes from the adaptation's first step."""
+    adapted, start_loss = algorithm.adapt_scored(meta, x, y, steps)
+    adapted_loss = loss_of(algorithm, adapted, x, y)
     if adapted_loss < start_loss:
         return Afresh(adapted, adapted_loss)
-    return Afresh(start, start_loss)
+    return Afresh(cloned(algorithm.model_params(meta)), start_loss)
