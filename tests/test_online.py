@@ -495,7 +495,7 @@ def test_adapt_further_continues_the_inner_loop():
 
 
 @pytest.mark.parametrize("overshoots", [False, True])
-def test_adapted_afresh_runs_the_model_once_per_step_and_once_to_score(overshoots):
+def test_adapted_afresh_runs_the_model_once_per_step_and_once_to_score(overshoots, monkeypatch):
     """Adapting afresh scores the adapted weights against the unadapted ones without running
     the model for the latter: the first inner step's forward pass has their loss. Where the
     rate overshoots, the unadapted weights come back with that loss."""
@@ -503,10 +503,10 @@ def test_adapted_afresh_runs_the_model_once_per_step_and_once_to_score(overshoot
     meta = algorithm.init_params()
     (batch,) = _slopes([0.5])
     forward, calls = algorithm.forward, []
-    algorithm.forward = lambda weights, x: calls.append(x) or forward(weights, x)
+    monkeypatch.setattr(algorithm, "forward", lambda w, x: calls.append(x) or forward(w, x))
     afresh = adapted_afresh(algorithm, meta, batch.x, batch.y, 3)
-    algorithm.forward = forward
     assert len(calls) == 3 + 1
+    monkeypatch.undo()
     start_loss = loss_of(algorithm, meta, batch.x, batch.y)
     assert (afresh.loss == start_loss) is overshoots
     if overshoots:
