@@ -686,11 +686,6 @@ class _StreamSection(_Section):
     """C-MAML: ``gamma``'s test takes the fast weights' loss on the batch after they adapt on
     it with the current task's latest ``memory`` batches, not before, so that a task fitted
     poorly after its first batches does not look like a switch on its next."""
-    recognise: float | None = Field(None, gt=0.0, le=1.0)
-    """C-MAML with a ``library``: a switch is also declared where a remembered task's weights,
-    as its last visit left them, predict the batch with a loss below ``recognise`` times the
-    fast weights' (both before seeing it): that task is back, and the fast weights restart
-    from its weights (``None``: no such test)."""
     prolong_lr: PositiveFloat | None = None
     """C-MAML: the prolonged adaptation (``prolonged``) takes Adam's steps at this rate, from a
     fresh Adam state at each batch, and keeps the iterate that fits the task's batches best,
@@ -744,10 +739,9 @@ class _StreamSection(_Section):
 
     @model_validator(mode="after")
     def _cmaml_options(self) -> _StreamSection:
-        """``memory``, ``library``, ``revise``, ``jump``, ``fitted_test``, ``recognise``,
-        ``prolong_lr`` and ``prolong_steps`` are C-MAML's: refused for another method rather
-        than ignored, the two ``prolong_`` keys without ``prolonged``, and ``recognise``
-        without a ``library``."""
+        """``memory``, ``library``, ``revise``, ``jump``, ``fitted_test``, ``prolong_lr`` and
+        ``prolong_steps`` are C-MAML's: refused for another method rather than ignored, and
+        the two ``prolong_`` keys without ``prolonged``."""
         for key, meaning in (("prolong_lr", "rate"), ("prolong_steps", "step count")):
             value = getattr(self, key)
             if value is not None and not self.prolonged:
@@ -755,21 +749,7 @@ class _StreamSection(_Section):
                     f"{key}: {value} is the {meaning} of prolonged adaptation, and "
                     f"prolonged is false (set prolonged: true, or leave {key} unset)"
                 )
-        if self.recognise is not None and not self.library:
-            raise ValueError(
-                f"recognise: {self.recognise} compares the batch's fit by remembered tasks, and"
-                " library is 0 (set library to the tasks to remember, or leave recognise unset)"
-            )
-        keys = (
-            "memory",
-            "library",
-            "revise",
-            "jump",
-            "fitted_test",
-            "recognise",
-            "prolong_lr",
-            "prolong_steps",
-        )
+        keys = ("memory", "library", "revise", "jump", "fitted_test", "prolong_lr", "prolong_steps")
         defaults = {key: type(self).model_fields[key].default for key in keys}
         values = {key: getattr(self, key) for key in defaults}
         changed = {key: value for key, value in values.items() if value != defaults[key]}

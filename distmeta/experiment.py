@@ -537,7 +537,6 @@ ONLINE_METHODS: dict[
         revise=spec.revise,
         jump=spec.jump,
         fitted_test=spec.fitted_test,
-        recognise=spec.recognise,
         prolong_lr=spec.prolong_lr,
         prolong_steps=spec.prolong_steps,
     ),

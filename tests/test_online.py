@@ -373,44 +373,6 @@ def test_cmaml_with_a_library_restarts_a_task_that_comes_back_where_its_last_vis
     )
 
 
-def test_cmaml_recognises_a_remembered_task_that_gamma_misses_on_two_batches_in_a_row():
-    """Slope 1, then -3 (a switch ``gamma`` finds, which puts the first task in the library),
-    then slope 1 again under a ``gamma`` no switch clears. The remembered weights predict the
-    returning batches far better than the fast weights, which fit -3: with ``recognise`` the
-    switch is declared on the second of them, and the fast weights restart from the
-    remembered task's weights adapted on it; without it, nothing. A single batch of slope 1
-    within the -3 task (the remembered weights fitting one batch better by chance) declares
-    nothing."""
-    algorithm = _linear_algorithm()
-    meta = _zero(algorithm)
-    batches = _slopes([1.0] * 5 + [-3.0] * 3 + [1.0] + [-3.0] * 3 + [1.0] * 3)
-    learner = CMAML(algorithm, gamma=1.0, lambda_=1.0, library=2, recognise=0.5)
-    plain = CMAML(algorithm, gamma=1.0, lambda_=1.0, library=2)
-    detected, plain_detected, fast = [], [], []
-    for step, batch in enumerate(batches):
-        if step == 6:
-            learner.gamma = plain.gamma = 1e9
-        if step == 13:
-            old_task = algorithm.adapt_further(meta, learner.known[0], batch.x, batch.y)
-            left = learner.fast
-        detected.append(learner.observe(meta, batch.x, batch.y).detected_switch)
-        plain_detected.append(plain.observe(meta, batch.x, batch.y).detected_switch)
-        fast.append(learner.fast)
-    assert detected == [False] * 5 + [True] + [False] * 7 + [True, False]
-    assert plain_detected == [False] * 5 + [True] + [False] * 9
-    for name, value in old_task.items():
-        torch.testing.assert_close(fast[13][name], value)
-    assert len(learner.known) == 1 and learner.known[0] is left  # the task just left
-    following = _slopes([1.0], seed=5)[0]
-    assert _mse(learner, meta, following) < _mse(plain, meta, following) / 10
-
-
-@pytest.mark.parametrize("recognise, library", [(0.0, 2), (1.5, 2), (0.5, 0)])
-def test_cmaml_recognise_is_a_ratio_with_a_library(recognise, library):
-    with pytest.raises(ValueError, match="recognise"):
-        CMAML(_linear_algorithm(), 1.0, 1.0, library=library, recognise=recognise)
-
-
 def _mse(learner, meta, batch) -> float:
     return float(F.mse_loss(learner.predict(meta, batch.x), batch.y))
 
@@ -662,15 +624,7 @@ def test_a_learner_goes_on_exactly_from_its_saved_state(kind):
     meta = {name: p + 0.2 for name, p in _zero(algorithm).items()}
     build = {
         "cmaml": lambda: CMAML(
-            algorithm,
-            0.5,
-            1.0,
-            memory=3,
-            library=2,
-            revise=0.9,
-            jump=3.0,
-            fitted_test=True,
-            recognise=0.5,
+            algorithm, 0.5, 1.0, memory=3, library=2, revise=0.9, jump=3.0, fitted_test=True
         ),
         "ftml": lambda: FTML(algorithm, 0.5, 4, 3, 2, np.random.default_rng(3)),
         "finetune": lambda: OnlineTraining(algorithm, meta, 0.05),

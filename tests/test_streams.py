@@ -374,12 +374,6 @@ def test_stream_configs_build_their_streams_and_pendulum_its_task_source(marked_
         ({"stream": {"method": "ftml", "prolong_steps": 20}}, "prolong_steps: 20 apply to"),
         ({"stream": {"prolonged": False, "prolong_steps": 20}}, "step count of prolonged"),
         ({"stream": {"prolong_steps": 0}}, "stream.prolong_steps"),
-        ({"stream": {"recognise": 0.5}}, "recognise: 0.5 compares .* library is 0"),
-        ({"stream": {"library": 4, "recognise": 2}}, "stream.recognise"),
-        (
-            {"stream": {"method": "ftml", "library": 4, "recognise": 0.5}},
-            "recognise: 0.5 apply to method cmaml only",
-        ),
         ({"stream": {"points": 10, "transitions": 16}}, "stream.transitions: unknown key"),
         ({"stream": {"ood_amplitude": [10, 5]}}, "ood_amplitude must be"),
         (

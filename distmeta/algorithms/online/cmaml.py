@@ -108,16 +108,6 @@ class CMAML:
         close task is found at once when the task before it was fitted well, without
         lowering ``gamma`` for tasks fitted poorly.
 
-        With ``recognise`` (and a ``library``), each batch is also predicted by every
-        remembered task's weights as its last visit left them. Where the best of them has a
-        loss below ``recognise`` times the fast weights' (neither has seen the batch, so the
-        comparison is fair), that task is back: a switch is declared and the fast weights
-        restart from its weights adapted on the batch. ``gamma``'s test compares weights that
-        have not seen the batch with weights adapted on it, so its threshold must stay above
-        what adapting on a batch gains within a task; a task that comes back and fits its
-        remembered weights well can stay under it (the pendulum's in-distribution regimes,
-        whose losses are a fraction of the ``gamma`` that detects its other switches).
-
         Learned per-parameter inner rates (OSAKA's optional ones) are the algorithm's
         ``metasgd`` inner rule.
 
@@ -139,9 +129,6 @@ class CMAML:
             on the current task (``None``: ``gamma``'s test alone).
         fitted_test: ``gamma``'s test takes the fast weights' loss on the batch after they
             adapt on it with the task's latest batches, not before.
-        recognise: Ratio of the library test: a remembered task whose weights predict the
-            batch with a loss below this many times the fast weights' is back (``None``:
-            none).
         told_switches: Use the true switches (the oracle).
 
     References:
@@ -172,7 +159,6 @@ class CMAML:
         prolong_steps: int | None = None,
         jump: float | None = None,
         fitted_test: bool = False,
-        recognise: float | None = None,
     ):
         if not lambda_ > 0:
             raise ValueError(f"lambda must be positive, got {lambda_}")
@@ -190,12 +176,7 @@ class CMAML:
             raise ValueError(f"prolong_steps is a positive count or None, got {prolong_steps}")
         if jump is not None and not jump > 1:
             raise ValueError(f"jump is a ratio above 1 or None, got {jump}")
-        if recognise is not None and not (0 < recognise <= 1 and library):
-            raise ValueError(
-                f"recognise is a ratio in (0, 1] with a library of one or more tasks, got"
-                f" recognise {recognise} and library {library}"
-            )
-        self.jump, self.fitted_test, self.recognise = jump, fitted_test, recognise
+        self.jump, self.fitted_test = jump, fitted_test
         self.prolong_lr = prolong_lr
         if prolong_steps is None:
             prolong_steps = algorithm.inner_steps if steps is None else steps
@@ -209,11 +190,6 @@ class CMAML:
         """The current task's latest batches (at most ``memory``), oldest first."""
         self.known: list[Params] = []
         """Fast weights of past tasks (at most ``library``), least recently used first."""
-        self.suspect: int | None = None
-        """The remembered task whose weights predicted the previous batch below ``recognise``
-        times the fast weights' loss (its place in the library, which changes only at a
-        switch or a revision, where this is cleared): a second batch in a row declares it
-        back."""
         self.levels: list[float] = []
         """The fast weights' losses on the current task's latest batches they predicted
         (at most ``memory``; not the batch that began the task): the level a ``jump`` is
@@ -229,7 +205,7 @@ class CMAML:
         fresh = adapted_afresh(algorithm, meta, x, y, self.steps)
         if not self.recent or self.fast is None:  # the stream's first batch
             self.fast, self.recent, self.alternative = fresh.weights, [(x, y)], None
-            self.levels, self.suspect = [], None
+            self.levels = []
             return OnlineUpdate(detected_switch=False)
         loss = loss_of(algorithm, self.fast, x, y)
         revised = None
@@ -252,8 +228,6 @@ class CMAML:
                 continued = self._adapted(meta, self.fast, fresh, held)
                 tested = loss_of(algorithm, continued, x, y)
             detected = lost or tested - restart[1] > self.gamma or self._jumped(loss, restart[1])
-            if not detected and (back := self._recognised(meta, loss, x, y)) is not None:
-                restart, detected = back, True
         else:  # told the truth (the oracle): a restart is needed only at a switch
             detected = bool(switch)
         if detected or lost:
@@ -272,7 +246,6 @@ class CMAML:
             if not lost and self.library:
                 self.known = [*self.known, self.fast][-self.library :]
             self.fast, self.recent, self.levels = start, [(x, y)], []
-            self.suspect = None
             return OnlineUpdate(None, detected, revised)
         before_x, before_y = self.recent[-1]
         task = TaskBatch(before_x[None], before_y[None], x[None], y[None])
@@ -298,27 +271,6 @@ class CMAML:
             return False
         return loss > self.jump * statistics.median(self.levels) and loss > restart_loss
 
-    def _recognised(
-        self, meta: Params | None, loss: float, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[Params, float, int] | None:
-        """The library test (``recognise``): the remembered task whose weights, as its last
-        visit left them, predict ``(x, y)`` best, if their loss is below ``recognise`` times
-        the fast weights' ``loss`` on it; that task's weights adapted on the batch, their
-        loss on it and its place in the library, as :meth:`_best_restart` returns them
-        (``None`` where no remembered task is back)."""
-        if self.recognise is None or not self.known:
-            return None
-        losses = [loss_of(self.algorithm, weights, x, y) for weights in self.known]
-        place = min(range(len(losses)), key=losses.__getitem__)
-        if not losses[place] < self.recognise * loss:
-            self.suspect = None
-            return None
-        confirmed, self.suspect = place == self.suspect, place
-        if not confirmed:
-            return None
-        adapted = self.algorithm.adapt_further(meta, self.known[place], x, y, self.steps)
-        return adapted, loss_of(self.algorithm, adapted, x, y), place
-
     def _revised(self, loss: float, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool | None]:
         """The second look at the previous batch's switch test, on this batch: the fast
         weights of the hypothesis the test took and those of the one it did not (a switch
@@ -341,7 +293,6 @@ class CMAML:
             left = other_hypothesis.began or other_hypothesis.from_library
             self.known = [*known, self.fast][-self.library :] if left else known
         self.fast, self.recent = other_hypothesis.weights, other_hypothesis.batches
-        self.suspect = None
         return other, other_hypothesis.began
 
     def _best_restart(
@@ -430,13 +381,12 @@ class CMAML:
             "recent": list(self.recent),
             "known": [cloned(weights) for weights in self.known],
             "levels": list(self.levels),
-            "suspect": self.suspect,
             "alternative": None if self.alternative is None else self.alternative.copied(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fast, self.recent = cloned(state["fast"]), list(state["recent"])
         self.known = [cloned(weights) for weights in state["known"]]
-        self.levels, self.suspect = list(state["levels"]), state["suspect"]
+        self.levels = list(state["levels"])
         alternative = state["alternative"]
         self.alternative = None if alternative is None else _Hypothesis(*alternative).copied()
