@@ -19,7 +19,10 @@ as means over the run's seeds:
   out of it);
 - where tasks come back (pendulum regimes), the same split on the first and on the second
   visit of each task that came back (``first:...``, ``second:...``), over the same tasks as
-  the report's ``recovery_by_visit``.
+  the report's ``recovery_by_visit``, and the difference between the two visits paired by
+  seed (``first_minus_second:steps`` of the recovery count, ``first_minus_second:loss_after``
+  of the loss over the report's window after the switch; positive where second visits do
+  better).
 
 On a sinusoid stream the ideal learner predicts each step with the true function of the task
 one step earlier (no noise): it knows a task exactly once it has seen one batch of it, and
@@ -87,6 +90,9 @@ def breakdown(records: dict[int, list[StreamRecord]], name: str, window: int) ->
         if pairs:
             parts["first:"] = split([first for first, _ in pairs])
             parts["second:"] = split([second for _, second in pairs])
+            for key in ("steps", "loss_after"):
+                gain = np.mean([getattr(a, key) - getattr(b, key) for a, b in pairs])
+                per_seed.setdefault(f"first_minus_second:{key}", []).append(gain)
         for prefix, values in parts.items():
             for key, value in values.items():
                 per_seed.setdefault(prefix + key, []).append(value)
