@@ -28,7 +28,12 @@ On a sinusoid stream the ideal learner predicts each step with the true function
 one step earlier (no noise): it knows a task exactly once it has seen one batch of it, and
 only a switch step surprises it. Its level is the noise's (0.05) on every task, so a switch
 never lands it on a harder task: what it takes shows what the count asks of a learner apart
-from the order of the tasks' difficulties.
+from the order of the tasks' difficulties. Beside it, a *fitted* learner knows the family but
+not the task: it predicts each step with the sinusoid fitted by least squares to the last
+``stream.memory`` batches of the task in force one step earlier (C-MAML's memory; told where
+each task began, as the oracle is told its switches), its frequency the best of a grid over
+the modes' frequencies. It shows what the count asks of a learner that must estimate a task
+from its noisy batches, and how far a model with the family's form would get.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ from distmeta.runs.stream_metrics import Recovery, interval, recoveries, visit_p
 from distmeta.tasks.sinusoid_stream import SinusoidStream
 
 IDEAL = "ideal"
+FITTED = "fitted"
+FITTED_FREQUENCIES = np.concatenate([[1.0], np.linspace(1.5, 2.5, 201)])
+"""The frequencies the fitted learner chooses among: the in-distribution one and the second
+out-of-distribution mode's range."""
 PARTS = ("recovery_steps", "never_recovered", "from_never", "steps_if_recovered")
 
 
@@ -61,6 +70,34 @@ def ideal_loss(stream: SinusoidStream) -> np.ndarray:
         angle = stream.frequency[known] * batch.x.squeeze(-1).double() - stream.phase[known]
         guess = stream.amplitude[known] * torch.sin(angle)
         losses[step] = float((guess - batch.y.squeeze(-1).double()).square().mean())
+    return losses
+
+
+def fitted_loss(stream: SinusoidStream, memory: int) -> np.ndarray:
+    """The loss of predicting each step with the sinusoid fitted by least squares to the last
+    ``memory`` batches of the task in force one step earlier: its frequency the best of a grid
+    over the modes' frequencies (1, and 1.5 to 2.5), its amplitude and phase exact for it."""
+    batches = [stream.batch(step) for step in range(len(stream))]
+    xs = np.stack([batch.x.squeeze(-1).double().numpy() for batch in batches])
+    ys = np.stack([batch.y.squeeze(-1).double().numpy() for batch in batches])
+    segment = stream.schedule.segment
+    losses = np.empty(len(stream))
+    losses[0] = float(np.mean(ys[0] ** 2))  # nothing seen: predict zero
+    for step in range(1, len(stream)):
+        known = step - 1
+        first = known
+        while first > 0 and segment[first - 1] == segment[known] and known - first + 1 < memory:
+            first -= 1
+        x, y = xs[first:step].ravel(), ys[first:step].ravel()
+        sin, cos = np.sin(FITTED_FREQUENCIES[:, None] * x), np.cos(FITTED_FREQUENCIES[:, None] * x)
+        ss, sc, cc = (sin * sin).sum(1), (sin * cos).sum(1), (cos * cos).sum(1)
+        sy, cy = sin @ y, cos @ y
+        det = ss * cc - sc * sc
+        a, b = (cc * sy - sc * cy) / det, (ss * cy - sc * sy) / det
+        best = int(np.argmin(-(a * sy + b * cy)))  # the residual is |y|^2 minus this
+        guess = a[best] * np.sin(FITTED_FREQUENCIES[best] * xs[step])
+        guess += b[best] * np.cos(FITTED_FREQUENCIES[best] * xs[step])
+        losses[step] = float(np.mean((guess - ys[step]) ** 2))
     return losses
 
 
@@ -114,7 +151,9 @@ def main() -> None:
         if config.stream.name == "sinusoid":
             for seed, seed_records in records.items():
                 for record in seed_records:
-                    record.loss[IDEAL] = ideal_loss(build_stream(config, seed, record.index))
+                    stream = build_stream(config, seed, record.index)
+                    record.loss[IDEAL] = ideal_loss(stream)
+                    record.loss[FITTED] = fitted_loss(stream, config.stream.memory)
         window = config.stream.switch_window
         names = [*next(iter(records.values()))[0].loss]
         out = {
