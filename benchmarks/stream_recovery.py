@@ -15,6 +15,9 @@ as means over the run's seeds:
   before them, and ``from_never``: the part of ``recovery_steps`` that those switches add
   alone (their task lengths over all switches);
 - ``steps_if_recovered``: the mean count over the switches that did recover;
+- ``after_1`` to ``after_4``: the loss 1 to 4 steps after a switch over the level before
+  it (the median over the seed's switches): how close each batch of the new task brings
+  the learner to the level the count asks for;
 - ``mode0``, ``mode1``, ``mode2``: the mean loss in each mode (0 in distribution, 1 and 2
   out of it);
 - where tasks come back (pendulum regimes), the same split on the first and on the second
@@ -50,7 +53,13 @@ from distmeta.config import load_config
 from distmeta.engine.fleet import StreamRecord
 from distmeta.experiment import build_stream
 from distmeta.runs import read_records
-from distmeta.runs.stream_metrics import Recovery, interval, recoveries, visit_pairs
+from distmeta.runs.stream_metrics import (
+    LEVEL_STEPS,
+    Recovery,
+    interval,
+    recoveries,
+    visit_pairs,
+)
 from distmeta.tasks.sinusoid_stream import SinusoidStream
 
 IDEAL = "ideal"
@@ -58,6 +67,8 @@ FITTED = "fitted"
 FITTED_FREQUENCIES = np.concatenate([[1.0], np.linspace(1.5, 2.5, 201)])
 """The frequencies the fitted learner chooses among: the in-distribution one and the second
 out-of-distribution mode's range."""
+AFTER_STEPS = 4
+"""Steps after a switch whose loss over the level before it is reported (``after_k``)."""
 PARTS = ("recovery_steps", "never_recovered", "from_never", "steps_if_recovered")
 
 
@@ -116,6 +127,22 @@ def split(found: list[Recovery]) -> dict[str, float]:
     }
 
 
+def ratios_after(record: StreamRecord, name: str) -> np.ndarray:
+    """``[switches, AFTER_STEPS]``: the loss ``k = 1..AFTER_STEPS`` steps after each switch
+    of one stream over the level before it, as :func:`recoveries` defines that level (NaN
+    past the task's end)."""
+    loss = record.loss[name]
+    starts = np.flatnonzero(np.r_[True, record.switch[1:]])
+    ends = np.r_[starts[1:], len(record)]
+    ratios = np.full((len(starts) - 1, AFTER_STEPS), np.nan)
+    for number in range(1, len(starts)):
+        start, end = starts[number], ends[number]
+        level = loss[max(starts[number - 1], start - LEVEL_STEPS) : start].mean()
+        after = loss[start + 1 : min(start + 1 + AFTER_STEPS, end)]
+        ratios[number - 1, : len(after)] = after / level
+    return ratios
+
+
 def breakdown(records: dict[int, list[StreamRecord]], name: str, window: int) -> dict:
     """The split of :func:`split` (overall, and by visit where tasks come back) and the mean
     loss per mode, as means over seeds with their 95 % intervals."""
@@ -133,6 +160,9 @@ def breakdown(records: dict[int, list[StreamRecord]], name: str, window: int) ->
         for prefix, values in parts.items():
             for key, value in values.items():
                 per_seed.setdefault(prefix + key, []).append(value)
+        ratios = np.concatenate([ratios_after(record, name) for record in seed_records])
+        for k, median in enumerate(np.nanmedian(ratios, axis=0), start=1):
+            per_seed.setdefault(f"after_{k}", []).append(median)
         for mode in range(3):
             losses = [record.loss[name][record.mode == mode] for record in seed_records]
             per_seed.setdefault(f"mode{mode}", []).append(np.concatenate(losses).mean())
