@@ -5,10 +5,11 @@ recovered faster on its second visit than on its first).
     python benchmarks/stream_recovery.py RUN_DIR [RUN_DIR ...]
 
 Each ``RUN_DIR`` is a finished ``distmeta stream`` run (``config.yaml``, ``records.npz``).
-For every learner of the run, and for an *ideal* learner on the same streams, the script
-splits the switches by :func:`distmeta.runs.stream_metrics.recoveries` into those that
-recovered and those that never did (counted at the whole length of their task), and reports,
-as means over the run's seeds:
+For every learner of the run, and on a sinusoid for an *ideal* and a *fitted* learner on
+the same streams, the script splits the switches by
+:func:`distmeta.runs.stream_metrics.recoveries` into those that recovered and those that
+never did (counted at the whole length of their task), and reports, as means over the run's
+seeds:
 
 - ``recovery_steps``: the report's figure;
 - ``never_recovered``: the share of switches that never got back within 10 % of the level
@@ -25,7 +26,9 @@ as means over the run's seeds:
   the report's ``recovery_by_visit``, and the difference between the two visits paired by
   seed (``first_minus_second:steps`` of the recovery count, ``first_minus_second:loss_after``
   of the loss over the report's window after the switch; positive where second visits do
-  better).
+  better), and for each learner but ``no_adaptation`` its ``first_minus_second:steps`` minus
+  ``no_adaptation``'s, paired by seed (``..._beyond_no_adaptation``): a model that never
+  changes remembers nothing, so its difference between visits is the count's own.
 
 On a sinusoid stream the ideal learner predicts each step with the true function of the task
 one step earlier (no noise): it knows a task exactly once it has seen one batch of it, and
@@ -67,6 +70,7 @@ FITTED = "fitted"
 FITTED_FREQUENCIES = np.concatenate([[1.0], np.linspace(1.5, 2.5, 201)])
 """The frequencies the fitted learner chooses among: the in-distribution one and the second
 out-of-distribution mode's range."""
+MEMORYLESS = "no_adaptation"
 AFTER_STEPS = 4
 """Steps after a switch whose loss over the level before it is reported (``after_k``)."""
 PARTS = ("recovery_steps", "never_recovered", "from_never", "steps_if_recovered")
@@ -143,9 +147,11 @@ def ratios_after(record: StreamRecord, name: str) -> np.ndarray:
     return ratios
 
 
-def breakdown(records: dict[int, list[StreamRecord]], name: str, window: int) -> dict:
-    """The split of :func:`split` (overall, and by visit where tasks come back) and the mean
-    loss per mode, as means over seeds with their 95 % intervals."""
+def breakdown(
+    records: dict[int, list[StreamRecord]], name: str, window: int
+) -> dict[str, list[float]]:
+    """The split of :func:`split` (overall, and by visit where tasks come back), the ratios
+    after a switch and the mean loss per mode, one value per seed."""
     per_seed: dict[str, list[float]] = {}
     for seed_records in records.values():
         per_record = [recoveries(record, name, window) for record in seed_records]
@@ -166,7 +172,21 @@ def breakdown(records: dict[int, list[StreamRecord]], name: str, window: int) ->
         for mode in range(3):
             losses = [record.loss[name][record.mode == mode] for record in seed_records]
             per_seed.setdefault(f"mode{mode}", []).append(np.concatenate(losses).mean())
-    return {key: vars(interval(values)) for key, values in per_seed.items()}
+    return per_seed
+
+
+def beyond_memoryless(per_learner: dict[str, dict[str, list[float]]]) -> None:
+    """Add to each learner, where tasks come back, its ``first_minus_second:steps`` minus
+    that of ``no_adaptation`` (paired by seed): ``no_adaptation`` never changes, so whatever
+    it gains or loses between visits is the count's, not memory's."""
+    key = "first_minus_second:steps"
+    baseline = per_learner.get(MEMORYLESS, {}).get(key)
+    if baseline is None:
+        return
+    for name, values in per_learner.items():
+        if name != MEMORYLESS and key in values:
+            gains = zip(values[key], baseline, strict=True)
+            values[f"{key}_beyond_{MEMORYLESS}"] = [a - b for a, b in gains]
 
 
 def main() -> None:
@@ -190,8 +210,12 @@ def main() -> None:
             "run": str(run_dir),
             "alpha": config.stream.alpha,
             "seeds": sorted(records),
-            "learners": {name: breakdown(records, name, window) for name in names},
+            "learners": {},
         }
+        per_learner = {name: breakdown(records, name, window) for name in names}
+        beyond_memoryless(per_learner)
+        for name, per_seed in per_learner.items():
+            out["learners"][name] = {k: vars(interval(v)) for k, v in per_seed.items()}
         print(json.dumps(out))
 
 
