@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from distmeta.experiment import build_task_source
-from distmeta.optim import LearnedOptimizer
 from distmeta.runs.finished import load_run
-from distmeta.runs.optimizers import loss_curves, steps_to
-
-MakeOptimizer = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+from distmeta.runs.optimizers import MakeOptimizer, learned_optimizer, loss_curves, steps_to
 
 
 class RestartedAt:
@@ -60,10 +56,8 @@ def measure(run_dir: Path, tasks: int) -> dict[str, dict[str, float | int | None
     seed = run.config.eval.seed if run.config.eval.seed is not None else run.config.seed + 1
     family = build_task_source(run.config, split="eval")
     adam_lr = saved["curves"]["adam"]["lr"]
-    weights = {n: p for n, p in run.params.items() if n.startswith("lstm.")}
-    rule = run.algorithm.inner_rule
     kinds: dict[str, MakeOptimizer] = {
-        "learned": lambda ps: LearnedOptimizer(ps, rule=rule, weights=weights),
+        "learned": learned_optimizer(run),
         "adam": lambda ps: torch.optim.Adam(ps, lr=adam_lr),
     }
     optimizers: dict[str, MakeOptimizer] = {}

@@ -47,6 +47,7 @@ __all__ = [
     "OptimizerComparison",
     "OptimizerCurve",
     "compare_optimizers",
+    "learned_optimizer",
     "learned_optimizer_curve",
     "loss_curves",
 ]
@@ -239,7 +240,7 @@ def compare_optimizers(
 
     test = [(seed, 0, i) for i in range(tasks)]
     optimizers: dict[str, MakeOptimizer] = {
-        "learned": _learned(learned),
+        "learned": learned_optimizer(learned),
         **{
             name: (lambda ps, make=BASELINES[name], lr=best[name]: make(ps, lr=lr))
             for name in BASELINES
@@ -277,7 +278,7 @@ def _best_checkpoint(
         run.model,
         family,
         validation,
-        {str(step): _learned(candidate) for step, candidate in candidates.items()},
+        {str(step): learned_optimizer(candidate) for step, candidate in candidates.items()},
         scored_at[-1],
     )
     scores = {step: _validation_score(curve, scored_at) for step, curve in curves.items()}
@@ -285,8 +286,9 @@ def _best_checkpoint(
     return candidates[chosen], scores
 
 
-def _learned(run: Run) -> MakeOptimizer:
-    """The run's learned optimizer, for stacked parameters."""
+def learned_optimizer(run: Run) -> MakeOptimizer:
+    """The run's learned optimizer as a factory: parameters -> a fresh
+    :class:`~distmeta.optim.LearnedOptimizer` with the run's LSTM weights."""
     rule = run.algorithm.inner_rule
     weights = {n: p for n, p in run.params.items() if n.startswith("lstm.")}
     return lambda params: LearnedOptimizer(params, rule=rule, weights=weights)
@@ -305,5 +307,5 @@ def learned_optimizer_curve(
     family = build_task_source(config, split="eval")
     names = [(seed, 0, i) for i in range(tasks)]
     horizon = config.algorithm.unroll.horizon
-    curve = loss_curves(run.model, family, names, {"learned": _learned(run)}, horizon)
+    curve = loss_curves(run.model, family, names, {"learned": learned_optimizer(run)}, horizon)
     return EvalResult.of(curve["learned"].unsqueeze(-1))
