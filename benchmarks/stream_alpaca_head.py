@@ -17,7 +17,9 @@ on in-distribution sinusoids only, as C-MAML's start is (amplitude in [0.1, 5], 
   loss on the step before: also online, since both losses are known by then.
 
 Everything this script adds reads only what was known before each step's labels, but it is
-an analysis of recorded runs, not a learner of the package.
+an analysis of recorded runs, not a learner of the package. The closed-form prediction is
+``closed_form_losses`` of its sibling ``benchmarks/stream_ridge_head.py`` (the same posterior
+mean with a meta-learned prior), imported as the scripts run from ``benchmarks/``.
 
     python benchmarks/stream_alpaca_head.py validate RUN_DIR [RUN_DIR ...]
     python benchmarks/stream_alpaca_head.py report RUN_DIR [RUN_DIR ...] --memory 50
@@ -37,13 +39,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from stream_ridge_head import closed_form_losses, stream_arrays
 from torch import nn
 
-from distmeta.config import load_config
+from distmeta.config import ExperimentConfig, load_config
 from distmeta.engine.fleet import StreamRecord
 from distmeta.experiment import build_stream
 from distmeta.runs import read_records
-from distmeta.runs.stream_metrics import interval, recoveries
+from distmeta.runs.stream_metrics import interval, summarize
+from distmeta.tasks.sinusoid_stream import SinusoidStream
 
 MEMORIES = (10, 50)
 ADDED = ("alpaca_told", "alpaca", "hybrid")
@@ -109,44 +113,53 @@ def meta_train(steps: int, seed: int) -> Alpaca:
     return model
 
 
-def stream_losses(model: Alpaca, stream, begins: np.ndarray, memory: int) -> np.ndarray:
-    """The loss at each step of predicting with the last layer solved on the batches since
-    the latest task beginning among ``begins`` before the step (at most ``memory``)."""
-    batches = [stream.batch(step) for step in range(len(stream))]
-    xs = torch.stack([batch.x.float() for batch in batches])
-    ys = torch.stack([batch.y.squeeze(-1) for batch in batches]).double()
-    with torch.no_grad():
-        phi = model.features(xs).double()
-        mean, precision = model.prior_mean.double(), model.prior_precision().double()
-    losses = np.empty(len(stream))
-    losses[0] = float((phi[0] @ mean - ys[0]).square().mean())
-    latest = 0
-    for step in range(1, len(stream)):
-        if begins[step - 1]:
-            latest = step - 1
-        first = max(latest, step - memory)
-        seen, y = phi[first:step].reshape(-1, len(mean)), ys[first:step].reshape(-1)
-        weights = torch.linalg.solve(seen.T @ seen + precision, seen.T @ y + precision @ mean)
-        losses[step] = float((phi[step] @ weights - ys[step]).square().mean())
-    return losses
-
-
-def add_learners(model: Alpaca, run_dir: Path, memory: int) -> dict[int, list[StreamRecord]]:
-    """The run's records with the three learners of the module description added."""
-    config = load_config(run_dir / "config.yaml")
-    records = read_records(run_dir)
+def prepared_streams(
+    model: Alpaca, config: ExperimentConfig, records: dict[int, list[StreamRecord]]
+) -> list[tuple[StreamRecord, torch.Tensor, torch.Tensor]]:
+    """Each record with its stream's ALPaCA features (float64) and targets, made once for
+    every memory tried."""
+    prepared = []
     for seed, seed_records in records.items():
         for record in seed_records:
-            stream = build_stream(config, seed, record.index)
-            told = np.r_[True, record.switch[1:]]
-            detected = np.r_[True, record.detected["method"][1:]]
-            record.loss["alpaca_told"] = stream_losses(model, stream, told, memory)
-            alpaca = stream_losses(model, stream, detected, memory)
-            record.loss["alpaca"] = alpaca
-            cmaml = record.loss["method"]
-            pick = np.r_[False, alpaca[:-1] <= cmaml[:-1]]
-            record.loss["hybrid"] = np.where(pick, alpaca, cmaml)
-    return records
+            xs, ys = stream_arrays(build_stream(config, seed, record.index))
+            with torch.no_grad():
+                prepared.append((record, model.features(xs).double(), ys))
+    return prepared
+
+
+def add_learners(
+    model: Alpaca, prepared: list[tuple[StreamRecord, torch.Tensor, torch.Tensor]], memory: int
+) -> None:
+    """Add the three learners of the module description to each record."""
+    with torch.no_grad():
+        mean, precision = model.prior_mean.double(), model.prior_precision().double()
+    for record, phi, ys in prepared:
+        told = np.r_[True, record.switch[1:]]
+        detected = np.r_[True, record.detected["method"][1:]]
+        record.loss["alpaca_told"] = closed_form_losses(phi, ys, told, memory, mean, precision)
+        alpaca = closed_form_losses(phi, ys, detected, memory, mean, precision)
+        record.loss["alpaca"] = alpaca
+        cmaml = record.loss["method"]
+        pick = np.r_[False, alpaca[:-1] <= cmaml[:-1]]
+        record.loss["hybrid"] = np.where(pick, alpaca, cmaml)
+
+
+def figures_by_seed(
+    records: dict[int, list[StreamRecord]], name: str, switch_window: int, full: bool
+) -> dict[str, list[float]]:
+    """Learner ``name``'s mean MSE per seed (the report's own figures,
+    ``distmeta.runs.stream_metrics.summarize``), and with ``full`` its MSE per mode and
+    recovery count."""
+    modes = SinusoidStream.mode_names
+    figures: dict[str, list[float]] = {}
+    for seed_records in records.values():
+        summary = summarize([seed_records], name, modes, switch_window)
+        figures.setdefault("mean MSE", []).append(summary.mean_loss.mean)
+        if full:
+            for number, mode in enumerate(modes):
+                figures.setdefault(f"mode {number}", []).append(summary.modes[mode].mean)
+            figures.setdefault("recovery steps", []).append(summary.recovery_steps.mean)
+    return figures
 
 
 def main() -> None:
@@ -158,38 +171,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="ALPaCA's meta-training seed")
     args = parser.parse_args()
     model = meta_train(args.steps, args.seed)
-    memories = MEMORIES if args.mode == "validate" else (args.memory,)
+    report = args.mode == "report"
+    memories = (args.memory,) if report else MEMORIES
+    names = REPORTED if report else ("method", *ADDED)
     for run_dir in args.run_dirs:
         config = load_config(run_dir / "config.yaml")
+        records = read_records(run_dir)
+        prepared = prepared_streams(model, config, records)
         for memory in memories:
-            records = add_learners(model, run_dir, memory)
+            add_learners(model, prepared, memory)
             print(f"{run_dir}, alpha {config.stream.alpha}, memory {memory}", flush=True)
-            names = ("method", *ADDED) if args.mode == "validate" else REPORTED
-            by_seed: dict[str, dict[str, list[float]]] = {}
+            window = config.stream.switch_window
+            cmaml = figures_by_seed(records, "method", window, report)
             for name in names:
-                per_seed: dict[str, list[float]] = {}
-                for seed_records in records.values():
-                    losses = np.concatenate([r.loss[name] for r in seed_records])
-                    per_seed.setdefault("mean MSE", []).append(losses.mean())
-                    if args.mode == "report":
-                        for mode in range(3):
-                            in_mode = [r.loss[name][r.mode == mode] for r in seed_records]
-                            per_seed.setdefault(f"mode {mode}", []).append(
-                                np.concatenate(in_mode).mean()
-                            )
-                        window = config.stream.switch_window
-                        found = [x for r in seed_records for x in recoveries(r, name, window)]
-                        per_seed.setdefault("recovery steps", []).append(
-                            np.mean([x.steps for x in found])
-                        )
+                figures = figures_by_seed(records, name, window, report)
                 cells = []
-                for key, values in per_seed.items():
+                for key, values in figures.items():
                     spread = interval(values)
                     cells.append(f"{key} {spread.mean:.4f} ± {spread.ci95:.4f}")
                     if name != "method":
-                        paired = interval(np.subtract(values, by_seed["method"][key]).tolist())
+                        paired = interval(np.subtract(values, cmaml[key]).tolist())
                         cells[-1] += f" (minus C-MAML's: {paired.mean:+.4f} ± {paired.ci95:.4f})"
-                by_seed[name] = per_seed
                 print(f"  {name}: " + "; ".join(cells), flush=True)
 
 
