@@ -536,7 +536,7 @@ def test_eval_can_choose_the_checkpoint_on_validation_problems(trained, tmp_path
 
     from distmeta.engine.rundir import RunDir
     from distmeta.experiment import build_task_source
-    from distmeta.runs.optimizers import _learned, loss_curves
+    from distmeta.runs.optimizers import learned_optimizer, loss_curves
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
@@ -550,7 +550,7 @@ def test_eval_can_choose_the_checkpoint_on_validation_problems(trained, tmp_path
     alone = dm.load_run(run_dir, step=20)
     validation = [(alone.config.seed + 1, 1, i) for i in range(32)]
     family = build_task_source(alone.config, split="eval")
-    curve = loss_curves(alone.model, family, validation, {"l": _learned(alone)}, 20)["l"]
+    curve = loss_curves(alone.model, family, validation, {"l": learned_optimizer(alone)}, 20)["l"]
     at = [math.log10(float(curve[:, step].mean())) for step in (10, 20)]
     assert learned.grid["20"] == pytest.approx((at[0] + at[1]) / 2, rel=1e-9)
     chosen = dm.runs.compare_optimizers(dm.load_run(run_dir, step=learned.step), tasks=4)
